@@ -1,0 +1,261 @@
+// normspec/engine/forward.hpp
+// The forward pass for any spec on any layout, in two sweeps over x:
+//   1. statistics: per statistic, mergeable moments; the innermost loop is either a reduced run
+//      (rows) or a kept run (columns, one accumulator per lane). Threads take kept indices, or,
+//      when there are fewer kept indices than threads, split the reduction and merge (Chan);
+//   2. normalize: mean, rstd, gamma and beta folded into a per-statistic scale and shift when the
+//      parameters live on kept axes, so each element costs one multiply-add; otherwise two.
+// Nothing here names an alias: the plan's loop dims are all the kernels see.
+#ifndef NORMSPEC_ENGINE_FORWARD_HPP
+#define NORMSPEC_ENGINE_FORWARD_HPP
+
+#include "moments.hpp"
+#include "odometer.hpp"
+#include "plan.hpp"
+
+#include <cmath>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace normspec::engine {
+
+inline int max_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+inline int thread_id() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/// Below this many elements a second thread costs more than it saves.
+inline constexpr index_t parallel_threshold = index_t(1) << 15;
+
+inline int threads_for(index_t elements, int requested) {
+    const int nt = requested > 0 ? requested : max_threads();
+    return elements < parallel_threshold ? 1 : nt;
+}
+
+template <class T>
+struct forward_args {
+    strided<const T> x;
+    strided<T> y;
+    const T* gamma = nullptr;  // packed, canonical parameter order; nullptr: none
+    const T* beta = nullptr;
+    T* running_mean = nullptr;  // packed, statistic layout; nullptr: none
+    T* running_var = nullptr;
+    T* save_mean = nullptr;  // packed, statistic layout; nullptr: not wanted
+    T* save_rstd = nullptr;
+    double eps = 1e-5;
+    double momentum = 0.1;
+    bool train = true;
+    int threads = 0;  // 0: OpenMP's default
+};
+
+namespace detail {
+
+/// Moments of every statistic, indexed by statistic offset.
+template <bool Rms, class T>
+std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, int nt) {
+    std::vector<moments> out(static_cast<std::size_t>(stat_count));
+    const loop_dim inner = p.stats.back();
+    std::vector<loop_dim> K, R;
+    for (std::size_t i = 0; i + 1 < p.stats.size(); ++i) (p.stats[i].reduced ? R : K).push_back(p.stats[i]);
+    const index_t nk = count_of(K), nr = count_of(R), n = inner.extent;
+    const index_t per_k = inner.reduced ? 1 : n;
+
+    // Moments of kept index `k` over reduced rows [r0, r1) and inner positions [i0, i1),
+    // merged into acc[0 .. per_k).
+    auto partial = [&](const offsets& k, index_t r0, index_t r1, index_t i0, index_t i1, moments* acc) {
+        if (inner.reduced) {
+            for_range(R, r0, r1, [&](const offsets& r) {
+                accumulate_run<Rms>(x + k.x + r.x + i0 * inner.sx, i1 - i0, inner.sx, acc[0]);
+            });
+            return;
+        }
+        const index_t block = std::max<index_t>(1, std::min<index_t>(64, 16384 / std::max<index_t>(n, 1)));
+        std::vector<double> mean(n, 0.0), m2(n, 0.0), scratch(2 * n);
+        std::vector<const T*> rows;
+        rows.reserve(block);
+        double count = 0;
+        auto flush = [&] {
+            accumulate_block<Rms>(rows.data(), index_t(rows.size()), n, inner.sx, count, mean.data(), m2.data(),
+                                  scratch.data());
+            rows.clear();
+        };
+        for_range(R, r0, r1, [&](const offsets& r) {
+            rows.push_back(x + k.x + r.x);
+            if (index_t(rows.size()) == block) flush();
+        });
+        if (!rows.empty()) flush();
+        for (index_t j = 0; j < n; ++j) acc[j].template merge<Rms>(count, mean[j], m2[j]);
+    };
+
+    if (nk >= nt || nt == 1) {
+#pragma omp parallel num_threads(nt)
+        {
+            const auto [b, e] = split(nk, thread_id(), nt);
+            for_range(K, b, e, [&](const offsets& k) {
+                std::vector<moments> acc(per_k);
+                partial(k, 0, nr, 0, n, acc.data());
+                for (index_t j = 0; j < per_k; ++j) out[k.stat + j * inner.sstat] = acc[j];
+            });
+        }
+        return out;
+    }
+    // Fewer kept indices than threads: split the reduction, then merge the partial moments.
+    const bool split_rows = nr >= nt || !inner.reduced;
+    std::vector<moments> parts(static_cast<std::size_t>(nt * nk * per_k));
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = thread_id();
+        index_t ki = 0;
+        for_range(K, 0, nk, [&](const offsets& k) {
+            moments* acc = &parts[(t * nk + ki++) * per_k];
+            if (split_rows) {
+                const auto [b, e] = split(nr, t, nt);
+                partial(k, b, e, 0, n, acc);
+            } else {
+                const auto [b, e] = split(n, t, nt);
+                partial(k, 0, nr, b, e, acc);
+            }
+        });
+    }
+    index_t ki = 0;
+    for_range(K, 0, nk, [&](const offsets& k) {
+        for (index_t j = 0; j < per_k; ++j) {
+            moments m;
+            for (int t = 0; t < nt; ++t) m.template merge<Rms>(parts[(t * nk + ki) * per_k + j]);
+            out[k.stat + j * inner.sstat] = m;
+        }
+        ++ki;
+    });
+    return out;
+}
+
+/// y = (x * sc + sh) * g + bt along one innermost run; sc/sh step ss, g/bt step sp.
+template <class T>
+inline void apply_run(const T* x, T* y, index_t n, index_t sx, index_t sy, const T* sc, const T* sh, index_t ss,
+                      const T* g, const T* bt, index_t sp) {
+    if (sx == 1 && sy == 1) {
+        if (ss == 0 && (g == nullptr || sp == 0)) {
+            const T a = g ? sc[0] * g[0] : sc[0];
+            const T c = (g ? sh[0] * g[0] : sh[0]) + (bt ? bt[0] : T(0));
+#pragma omp simd
+            for (index_t i = 0; i < n; ++i) y[i] = x[i] * a + c;
+            return;
+        }
+        if (ss == 0 && sp == 1) {
+            const T a = sc[0], c = sh[0];
+            if (bt) {
+#pragma omp simd
+                for (index_t i = 0; i < n; ++i) y[i] = (x[i] * a + c) * g[i] + bt[i];
+            } else {
+#pragma omp simd
+                for (index_t i = 0; i < n; ++i) y[i] = (x[i] * a + c) * g[i];
+            }
+            return;
+        }
+        if (ss == 1 && g == nullptr) {
+#pragma omp simd
+            for (index_t i = 0; i < n; ++i) y[i] = x[i] * sc[i] + sh[i];
+            return;
+        }
+    }
+    for (index_t i = 0; i < n; ++i) {
+        T v = x[i * sx] * sc[i * ss] + sh[i * ss];
+        if (g) v = v * g[i * sp] + (bt ? bt[i * sp] : T(0));
+        y[i * sy] = v;
+    }
+}
+
+template <class T>
+void normalize(const plan& p, const T* x, T* y, const T* sc, const T* sh, const T* g, const T* bt, int nt) {
+    const loop_dim inner = p.apply.back();
+    const std::vector<loop_dim> outer(p.apply.begin(), p.apply.end() - 1);
+    const index_t no = count_of(outer), n = inner.extent;
+    const bool split_outer = no >= nt;
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = thread_id();
+        const auto [ob, oe] = split_outer ? split(no, t, nt) : std::pair<index_t, index_t>{0, no};
+        const auto [ib, ie] = split_outer ? std::pair<index_t, index_t>{0, n} : split(n, t, nt);
+        for_range(outer, ob, oe, [&](const offsets& o) {
+            apply_run(x + o.x + ib * inner.sx, y + o.y + ib * inner.sy, ie - ib, inner.sx, inner.sy,
+                      sc + o.stat + ib * inner.sstat, sh + o.stat + ib * inner.sstat, inner.sstat,
+                      g ? g + o.param + ib * inner.sparam : nullptr, bt ? bt + o.param + ib * inner.sparam : nullptr,
+                      inner.sparam);
+        });
+    }
+}
+
+}  // namespace detail
+
+/// Runs spec on a.x into a.y (which may be a.x itself). The binding must come from bind() with
+/// the same spec and x's extents.
+template <class T>
+void forward(const spec_desc& spec, const binding& b, const forward_args<T>& a) {
+    if (!(a.eps > 0) || !std::isfinite(a.eps)) fail("eps must be a finite number > 0, got " + std::to_string(a.eps));
+    if (!(a.momentum >= 0 && a.momentum <= 1)) fail("momentum must be in [0, 1], got " + std::to_string(a.momentum));
+    const bool running = a.running_mean != nullptr;
+    const bool use_running = spec.couples_batch && !a.train;
+    if (use_running && !running) fail("eval mode of a norm whose statistics cross the batch needs running statistics");
+    if (spec.couples_batch && a.train && running && b.reduction_count < 2)
+        fail("training with running statistics needs more than one value per statistic, but the reduction spans " +
+             std::to_string(b.reduction_count));
+
+    const bool has_params = a.gamma != nullptr || a.beta != nullptr;
+    std::vector<T> ones, zeros;
+    const T* g = a.gamma;
+    const T* bt = a.beta;
+    if (has_params && !g) ones.assign(b.param_count, T(1)), g = ones.data();
+    const plan p = make_plan(b, a.x, a.y, has_params);
+    const index_t total = a.x.size();
+    const int nt = threads_for(total, a.threads);
+
+    std::vector<T> sc(b.stat_count), sh(b.stat_count);
+    auto store = [&](index_t s, double mean, double rstd) {
+        sc[s] = T(rstd);
+        sh[s] = T(-mean * rstd);
+        if (a.save_mean) a.save_mean[s] = T(mean);
+        if (a.save_rstd) a.save_rstd[s] = T(rstd);
+    };
+    if (use_running) {
+        for (index_t s = 0; s < b.stat_count; ++s)
+            store(s, double(a.running_mean[s]), 1.0 / std::sqrt(double(a.running_var[s]) + a.eps));
+    } else {
+        const auto m = spec.rms ? detail::statistics<true>(p, a.x.data, b.stat_count, nt)
+                                : detail::statistics<false>(p, a.x.data, b.stat_count, nt);
+        for (index_t s = 0; s < b.stat_count; ++s) {
+            const double mean = spec.rms ? 0.0 : m[s].mean;
+            store(s, mean, 1.0 / std::sqrt(m[s].variance() + a.eps));
+            if (running && spec.couples_batch) {
+                const double k = a.momentum;
+                a.running_mean[s] = T((1 - k) * double(a.running_mean[s]) + k * mean);
+                a.running_var[s] = T((1 - k) * double(a.running_var[s]) + k * m[s].unbiased_variance());
+            }
+        }
+    }
+    if (p.fold) {  // parameters on kept axes: y = x * (gamma*rstd) + (beta - mean*gamma*rstd)
+        for_range(p.kept, 0, count_of(p.kept), [&](const offsets& o) {
+            sc[o.stat] *= g[o.param];
+            sh[o.stat] = sh[o.stat] * g[o.param] + (bt ? bt[o.param] : T(0));
+        });
+        g = bt = nullptr;
+    }
+    if (total == 0) return;
+    detail::normalize(p, a.x.data, a.y.data, sc.data(), sh.data(), has_params ? g : nullptr, has_params ? bt : nullptr, nt);
+}
+
+}  // namespace normspec::engine
+
+#endif  // NORMSPEC_ENGINE_FORWARD_HPP

@@ -1,0 +1,66 @@
+// normspec/engine/odometer.hpp
+// Walks a range of a loop nest's flat index, keeping the offsets into x, y, the statistics and
+// the parameters current without a division per step.
+#ifndef NORMSPEC_ENGINE_ODOMETER_HPP
+#define NORMSPEC_ENGINE_ODOMETER_HPP
+
+#include "plan.hpp"
+
+#include <vector>
+
+namespace normspec::engine {
+
+struct offsets {
+    index_t x = 0, y = 0, stat = 0, param = 0;
+};
+
+inline index_t count_of(const std::vector<loop_dim>& dims) {
+    index_t n = 1;
+    for (auto& d : dims) n *= d.extent;
+    return n;
+}
+
+/// Calls f(offsets) for flat indices [begin, end) of dims (row-major, last dim fastest).
+template <class F>
+void for_range(const std::vector<loop_dim>& dims, index_t begin, index_t end, F&& f) {
+    if (begin >= end) return;
+    const int n = static_cast<int>(dims.size());
+    std::array<index_t, max_rank + 1> idx{};
+    offsets o;
+    index_t rest = begin;
+    for (int d = n - 1; d >= 0; --d) {
+        idx[d] = rest % dims[d].extent;
+        rest /= dims[d].extent;
+        o.x += idx[d] * dims[d].sx;
+        o.y += idx[d] * dims[d].sy;
+        o.stat += idx[d] * dims[d].sstat;
+        o.param += idx[d] * dims[d].sparam;
+    }
+    for (index_t i = begin; i < end; ++i) {
+        f(o);
+        for (int d = n - 1; d >= 0; --d) {
+            const loop_dim& L = dims[d];
+            if (++idx[d] < L.extent) {
+                o.x += L.sx;
+                o.y += L.sy;
+                o.stat += L.sstat;
+                o.param += L.sparam;
+                break;
+            }
+            idx[d] = 0;
+            o.x -= (L.extent - 1) * L.sx;
+            o.y -= (L.extent - 1) * L.sy;
+            o.stat -= (L.extent - 1) * L.sstat;
+            o.param -= (L.extent - 1) * L.sparam;
+        }
+    }
+}
+
+/// [begin, end) of part t of n equal parts of a range of size total.
+inline std::pair<index_t, index_t> split(index_t total, int t, int n) {
+    return {total * t / n, total * (t + 1) / n};
+}
+
+}  // namespace normspec::engine
+
+#endif  // NORMSPEC_ENGINE_ODOMETER_HPP

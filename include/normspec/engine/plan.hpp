@@ -1,0 +1,236 @@
+// normspec/engine/plan.hpp
+// From a spec and a tensor's names, extents and strides to loops:
+//   bind():      each tensor axis is reduced or kept (a grouped axis splits into a kept group index
+//                and a reduced member index); statistic and parameter layouts; run-time checks;
+//   make_plan(): loop dims ordered by stride, adjacent dims of the same role coalesced, separately
+//                for the statistics sweep and the normalize sweep. Every norm on every layout becomes
+//                a short pattern such as [keep, reduce] (rows) or [reduce, keep, reduce] (planes).
+#ifndef NORMSPEC_ENGINE_PLAN_HPP
+#define NORMSPEC_ENGINE_PLAN_HPP
+
+#include "../spec.hpp"
+#include "strided.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace normspec::engine {
+
+/// How one spec meets one tensor's names and extents.
+struct binding {
+    int rank = 0;
+    std::vector<std::string_view> names;
+    std::array<index_t, max_rank> shape{};
+    std::array<bool, max_rank> reduced{};
+    int group_dim = -1;  // tensor dim split by groups<>, or -1
+    index_t groups = 1;
+    std::vector<int> stat_dims;  // tensor dims indexing the statistics, layout order
+    std::vector<index_t> stat_shape;
+    std::vector<std::string> stat_names;
+    std::vector<int> param_dims;  // tensor dim of each parameter axis, canonical order
+    std::vector<index_t> param_shape;
+    index_t reduction_count = 1, stat_count = 1, param_count = 1;
+};
+
+inline std::string tensor_names(const std::vector<std::string_view>& names) {
+    std::string s = "<";
+    for (auto& n : names) s += (s.size() > 1 ? "," : "") + std::string(n);
+    return s + ">";
+}
+
+[[noreturn]] inline void fail(const std::string& what) { throw std::invalid_argument("normspec: " + what); }
+
+inline binding bind(const spec_desc& spec, const std::vector<std::string_view>& names, const index_t* shape,
+                    int rank, index_t runtime_groups = 0) {
+    binding b;
+    if (static_cast<int>(names.size()) != rank)
+        fail("the names " + tensor_names(names) + " give " + std::to_string(names.size()) + " names to a tensor of rank " +
+             std::to_string(rank));
+    if (rank > max_rank) fail("tensors of rank > 8 are not supported");
+    b.rank = rank;
+    b.names = names;
+    for (int d = 0; d < rank; ++d) {
+        b.shape[d] = shape[d];
+        for (int e = 0; e < d; ++e)
+            if (names[e] == names[d]) fail("the names " + tensor_names(names) + " give axis " + std::string(names[d]) + " twice");
+    }
+    auto dim_of = [&](std::string_view axis, const char* clause) {
+        for (int d = 0; d < rank; ++d)
+            if (names[d] == axis) return d;
+        fail(std::string(clause) + "<" + std::string(axis) + "> names an axis that the tensor " + tensor_names(names) +
+             " does not have");
+    };
+    for (auto a : spec.reduce) b.reduced[dim_of(a, "reduce")] = true;
+    const char* pclause = spec.kind == param_kind::scale ? "scale" : "affine";
+    for (auto a : spec.params) {
+        int d = dim_of(a, pclause);
+        b.param_dims.push_back(d);
+        b.param_shape.push_back(shape[d]);
+        b.param_count *= shape[d];
+    }
+    if (!spec.group_axis.empty()) {
+        b.group_dim = dim_of(spec.group_axis, "groups");
+        const std::string clause = "groups<" + std::string(spec.group_axis) + ", " +
+                                   (spec.static_groups ? std::to_string(spec.static_groups) : std::string("dynamic")) + ">";
+        index_t g = spec.static_groups ? index_t(spec.static_groups) : runtime_groups;
+        if (spec.static_groups && runtime_groups && runtime_groups != g)
+            fail(clause + " fixes G = " + std::to_string(g) + " but the call gives " + std::to_string(runtime_groups) + " groups");
+        if (g <= 0) fail(clause + " needs the number of groups at run time (num_groups(G), or --groups G), got " + std::to_string(g));
+        const index_t e = shape[b.group_dim];
+        if (e % g != 0)
+            fail(clause + ": G = " + std::to_string(g) + " does not divide axis " + std::string(spec.group_axis) + " of extent " +
+                 std::to_string(e));
+        b.groups = g;
+    } else if (runtime_groups) {
+        fail("a number of groups (" + std::to_string(runtime_groups) + ") was given to a norm without groups<A, G>");
+    }
+    for (int d = 0; d < rank; ++d) {
+        if (b.reduced[d]) {
+            const index_t e = d == b.group_dim ? shape[d] / b.groups : shape[d];
+            b.reduction_count *= e;
+        }
+        if (!b.reduced[d] || d == b.group_dim) {
+            const index_t e = d == b.group_dim ? b.groups : shape[d];
+            b.stat_dims.push_back(d);
+            b.stat_shape.push_back(e);
+            b.stat_names.push_back(d == b.group_dim ? "G" : std::string(names[d]));
+            b.stat_count *= e;
+        }
+    }
+    if (b.reduction_count == 0) {
+        std::string zero;
+        for (int d = 0; d < rank; ++d)
+            if (b.reduced[d] && shape[d] == 0) zero = std::string(names[d]);
+        std::string across;
+        for (auto a : spec.reduce) across += (across.empty() ? "" : ",") + std::string(a);
+        fail("empty reduction: reduce<" + across + "> spans no element (axis " + zero + " has extent 0)");
+    }
+    return b;
+}
+
+/// Throws unless `actual` (rank `actual_rank`) has the extents `expected` on the axes `axes`:
+/// "gamma axis C has extent 32 but the tensor's axis C has extent 64".
+inline void check_extents(const std::string& what, const std::vector<std::string>& axes,
+                          const std::vector<index_t>& expected, const index_t* actual, int actual_rank,
+                          const std::string& whose) {
+    std::string want;
+    for (auto& a : axes) want += (want.empty() ? "" : ",") + a;
+    if (actual_rank != static_cast<int>(expected.size()))
+        fail(what + " has " + std::to_string(actual_rank) + " dimensions but must have " + std::to_string(expected.size()) +
+             " (axes <" + want + ">)");
+    for (std::size_t i = 0; i < expected.size(); ++i)
+        if (actual[i] != expected[i])
+            fail(what + " axis " + axes[i] + " has extent " + std::to_string(actual[i]) + " but " + whose + " axis " + axes[i] +
+                 " has extent " + std::to_string(expected[i]));
+}
+
+inline std::vector<std::string> param_axis_names(const binding& b) {
+    std::vector<std::string> v;
+    for (int d : b.param_dims) v.emplace_back(b.names[d]);
+    return v;
+}
+
+/// One loop of a nest: extent and the step it makes in x, y, the statistics and the parameters.
+struct loop_dim {
+    index_t extent = 1, sx = 0, sy = 0, sstat = 0, sparam = 0;
+    bool reduced = false;
+    std::string name;
+};
+
+struct plan {
+    std::vector<loop_dim> stats;  // statistics sweep, outer to inner
+    std::vector<loop_dim> apply;  // normalize sweep, outer to inner
+    std::vector<loop_dim> kept;   // kept dims before coalescing: maps statistics to parameters
+    bool fold = false;            // gamma/beta folded into per-statistic scale and shift
+    bool has_params = false;
+
+    /// "[reduce N, keep C, reduce H*W]"
+    std::string pattern() const {
+        std::string s = "[";
+        for (auto& d : stats) s += (s.size() > 1 ? ", " : "") + std::string(d.reduced ? "reduce " : "keep ") + d.name;
+        return s + "]";
+    }
+};
+
+namespace detail {
+inline index_t abs_stride(index_t s) { return s < 0 ? -s : s; }
+
+inline std::vector<loop_dim> coalesce(std::vector<loop_dim> dims, bool by_role, bool by_param) {
+    std::stable_sort(dims.begin(), dims.end(),
+                     [](const loop_dim& a, const loop_dim& b) { return abs_stride(a.sx) > abs_stride(b.sx); });
+    std::vector<loop_dim> out;
+    for (auto& d : dims) {
+        if (!out.empty()) {
+            loop_dim& o = out.back();
+            const bool fits = o.sx == d.sx * d.extent && o.sy == d.sy * d.extent && o.sstat == d.sstat * d.extent &&
+                              (!by_param || o.sparam == d.sparam * d.extent) && (!by_role || o.reduced == d.reduced);
+            if (fits) {
+                o.extent *= d.extent;
+                o.sx = d.sx;
+                o.sy = d.sy;
+                o.sstat = d.sstat;
+                o.sparam = d.sparam;
+                o.name += "*" + d.name;
+                continue;
+            }
+        }
+        out.push_back(d);
+    }
+    if (out.empty()) out.push_back(loop_dim{1, 0, 0, 0, 0, true, "1"});
+    return out;
+}
+}  // namespace detail
+
+/// x and y have the binding's extents; parameters and statistics are packed row-major
+/// (parameters in the spec's canonical axis order, statistics in layout order).
+template <class TX, class TY>
+plan make_plan(const binding& b, const strided<TX>& x, const strided<TY>& y, bool has_params) {
+    std::array<index_t, max_rank> stat_stride{}, param_stride{};
+    {
+        index_t s = 1;
+        for (int i = int(b.stat_dims.size()) - 1; i >= 0; --i) {
+            stat_stride[b.stat_dims[i]] = s;
+            s *= b.stat_shape[i];
+        }
+        s = 1;
+        for (int i = int(b.param_dims.size()) - 1; i >= 0; --i) {
+            param_stride[b.param_dims[i]] = s;
+            s *= b.param_shape[i];
+        }
+    }
+    std::vector<loop_dim> dims;
+    for (int d = 0; d < b.rank; ++d) {
+        const std::string name(b.names[d]);
+        if (d == b.group_dim) {
+            const index_t m = b.shape[d] / b.groups;  // members per group
+            if (b.groups > 1)
+                dims.push_back({b.groups, x.strides[d] * m, y.strides[d] * m, stat_stride[d], param_stride[d] * m, false,
+                                "G(" + name + ")"});
+            if (m > 1) dims.push_back({m, x.strides[d], y.strides[d], 0, param_stride[d], true, name + "/G"});
+        } else if (b.shape[d] > 1) {
+            dims.push_back({b.shape[d], x.strides[d], y.strides[d], b.reduced[d] ? 0 : stat_stride[d],
+                            has_params ? param_stride[d] : 0, b.reduced[d], name});
+        }
+    }
+    plan p;
+    p.has_params = has_params;
+    p.fold = has_params;
+    for (auto& d : dims)
+        if (d.reduced && d.sparam != 0) p.fold = false;
+    p.stats = detail::coalesce(dims, true, false);
+    for (auto& d : dims)
+        if (!d.reduced) p.kept.push_back(d);
+    if (p.fold)
+        for (auto& d : dims) d.sparam = 0;
+    p.apply = detail::coalesce(dims, false, has_params && !p.fold);
+    return p;
+}
+
+}  // namespace normspec::engine
+
+#endif  // NORMSPEC_ENGINE_PLAN_HPP

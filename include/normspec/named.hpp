@@ -1,0 +1,153 @@
+// normspec/named.hpp
+// Binding specs to xtensor data:
+//   named<N,C,H,W>(x)  names the dimensions of any xtensor container, view, adaptor or expression;
+//   keyword arguments of forward(): gamma(g), beta(b), running(mean, var), out(y), eps(e),
+//   momentum(m), num_groups(G), threads(n), mode::train / mode::eval;
+//   lowering of xtensor objects to the engine's strided views.
+#ifndef NORMSPEC_NAMED_HPP
+#define NORMSPEC_NAMED_HPP
+
+#include "diagnostics.hpp"
+#include "engine/strided.hpp"
+#include "spec.hpp"
+
+#include <xtensor/xarray.hpp>
+#include <xtensor/xshape.hpp>
+#include <xtensor/xutils.hpp>
+
+#include <type_traits>
+#include <utility>
+
+namespace normspec {
+
+/// Static extents of an xtensor type (xt::xtensor_fixed), if it has them.
+template <class X, class = void>
+struct static_extents {
+    static constexpr bool known = false;
+};
+template <class X>
+struct static_extents<X, std::void_t<typename X::shape_type>> {
+    template <class S>
+    struct of {
+        static constexpr bool known = false;
+    };
+    template <std::size_t... I>
+    struct of<xt::fixed_shape<I...>> {
+        static constexpr bool known = true;
+        static constexpr std::array<std::size_t, sizeof...(I)> value{I...};
+    };
+    using impl = of<typename X::shape_type>;
+    static constexpr bool known = impl::known;
+};
+
+/// A tensor whose dimensions have axis names, in memory order of its dimensions.
+template <class E, class... A>
+struct named_tensor {
+    using expression = std::decay_t<E>;
+    using axes = axis_list<A...>;
+    E expr;  // a reference for lvalues, a value for temporaries (views)
+};
+
+template <axis_tag... A, class E>
+auto named(E&& e) {
+    using X = std::decay_t<E>;
+    using L = axis_list<A...>;
+    [[maybe_unused]] constexpr bool distinct = diagnostic::require<!has_duplicates_v<L>, diagnostic::named_gives_an_axis_twice, L>();
+    if constexpr (requires { typename X::shape_type; }) {
+        constexpr auto dim = xt::static_dimension<typename X::shape_type>::value;
+        [[maybe_unused]] constexpr bool rank_ok = diagnostic::require<dim < 0 || dim == sizeof...(A), diagnostic::named_rank_differs_from_tensor_rank, L,
+                                          std::integral_constant<long, dim>>();
+    }
+    return named_tensor<E, A...>{std::forward<E>(e)};
+}
+
+enum class mode { train, eval };
+
+namespace kw {
+template <class E>
+struct gamma_t { E e; };
+template <class E>
+struct beta_t { E e; };
+template <class M, class V>
+struct running_t { M mean; V var; };
+template <class E>
+struct out_t { E e; };
+struct eps_t { double value; };
+struct momentum_t { double value; };
+struct groups_t { std::ptrdiff_t value; };
+struct threads_t { int value; };
+
+template <class K, template <class...> class Tmpl>
+inline constexpr bool is_v = false;
+template <template <class...> class Tmpl, class... P>
+inline constexpr bool is_v<Tmpl<P...>, Tmpl> = true;
+
+/// The first keyword for which Pred holds, or `fallback`.
+template <template <class> class Pred, class Fallback>
+decltype(auto) find(Fallback&& fallback) { return std::forward<Fallback>(fallback); }
+template <template <class> class Pred, class Fallback, class K, class... Rest>
+decltype(auto) find(Fallback&& fallback, K&& k, Rest&&... rest) {
+    if constexpr (Pred<std::decay_t<K>>::value)
+        return std::forward<K>(k);
+    else
+        return find<Pred>(std::forward<Fallback>(fallback), std::forward<Rest>(rest)...);
+}
+template <template <class> class Pred, class... K>
+inline constexpr bool has = (Pred<std::decay_t<K>>::value || ...);
+
+template <class K> struct is_gamma : std::bool_constant<is_v<K, gamma_t>> {};
+template <class K> struct is_beta : std::bool_constant<is_v<K, beta_t>> {};
+template <class K> struct is_running : std::bool_constant<is_v<K, running_t>> {};
+template <class K> struct is_out : std::bool_constant<is_v<K, out_t>> {};
+template <class K> struct is_eps : std::is_same<K, eps_t> {};
+template <class K> struct is_momentum : std::is_same<K, momentum_t> {};
+template <class K> struct is_groups : std::is_same<K, groups_t> {};
+template <class K> struct is_threads : std::is_same<K, threads_t> {};
+template <class K> struct is_mode : std::is_same<K, mode> {};
+template <class K>
+struct is_keyword : std::bool_constant<is_gamma<K>::value || is_beta<K>::value || is_running<K>::value || is_out<K>::value ||
+                                       is_eps<K>::value || is_momentum<K>::value || is_groups<K>::value ||
+                                       is_threads<K>::value || is_mode<K>::value> {};
+}  // namespace kw
+
+template <class E> auto gamma(E&& e) { return kw::gamma_t<E>{std::forward<E>(e)}; }
+template <class E> auto beta(E&& e) { return kw::beta_t<E>{std::forward<E>(e)}; }
+/// Running mean and variance, updated in place in training mode, used in evaluation mode.
+template <class M, class V> auto running(M&& mean, V&& var) { return kw::running_t<M, V>{std::forward<M>(mean), std::forward<V>(var)}; }
+/// Write y into this tensor (any layout, or x itself) instead of returning a new one.
+template <class E> auto out(E&& e) { return kw::out_t<E>{std::forward<E>(e)}; }
+inline kw::eps_t eps(double e) { return {e}; }
+inline kw::momentum_t momentum(double m) { return {m}; }
+inline kw::groups_t num_groups(std::ptrdiff_t g) { return {g}; }
+inline kw::threads_t threads(int n) { return {n}; }
+
+namespace detail {
+
+template <class X>
+inline constexpr bool has_memory = xt::has_data_interface<std::decay_t<X>>::value;
+
+/// An engine view of an xtensor object with memory (container, strided view, adaptor).
+template <class T, class X>
+engine::strided<T> lower(X& x) {
+    engine::strided<T> s;
+    s.rank = static_cast<int>(x.dimension());
+    if (s.rank > engine::max_rank) engine::fail("tensors of rank > 8 are not supported");
+    s.data = x.data() + x.data_offset();
+    for (int d = 0; d < s.rank; ++d) {
+        s.shape[d] = static_cast<engine::index_t>(x.shape()[d]);
+        s.strides[d] = static_cast<engine::index_t>(x.strides()[d]);
+    }
+    return s;
+}
+
+template <class X>
+std::vector<engine::index_t> shape_of(const X& x) {
+    std::vector<engine::index_t> v(x.dimension());
+    for (std::size_t d = 0; d < v.size(); ++d) v[d] = static_cast<engine::index_t>(x.shape()[d]);
+    return v;
+}
+
+}  // namespace detail
+}  // namespace normspec
+
+#endif  // NORMSPEC_NAMED_HPP
