@@ -33,9 +33,6 @@ struct forward_result : saved_stats<T, K> {
 
 namespace detail {
 
-template <class T, class X>
-xt::xarray<T> packed(const X& e) { return xt::xarray<T>(e); }
-
 template <class Axis, class List>
 constexpr std::size_t index_in() {
     return []<class... A>(axis_list<A...>) {
@@ -146,13 +143,11 @@ auto forward(S, const named_tensor<E, A...>& xn, Kw&&... kws) {
         xt::xarray<T> gp, bp;
         const auto pnames = engine::param_axis_names(b);
         if constexpr (!std::is_same_v<GK, detail::none>) {
-            gp = detail::packed<T>(g_kw.e);
-            engine::check_extents("gamma", pnames, b.param_shape, detail::shape_of(gp).data(), int(gp.dimension()), "the tensor's");
+            gp = detail::packed_checked<T>("gamma", pnames, b.param_shape, g_kw.e, "the tensor's");
             args.gamma = gp.data();
         }
         if constexpr (!std::is_same_v<BK, detail::none>) {
-            bp = detail::packed<T>(b_kw.e);
-            engine::check_extents("beta", pnames, b.param_shape, detail::shape_of(bp).data(), int(bp.dimension()), "the tensor's");
+            bp = detail::packed_checked<T>("beta", pnames, b.param_shape, b_kw.e, "the tensor's");
             args.beta = bp.data();
         }
 
@@ -170,12 +165,8 @@ auto forward(S, const named_tensor<E, A...>& xn, Kw&&... kws) {
         auto&& r_kw = kw::find<kw::is_running>(detail::none{}, kws...);
         constexpr bool has_running = !std::is_same_v<std::decay_t<decltype(r_kw)>, detail::none>;
         if constexpr (has_running) {
-            rm = detail::packed<T>(r_kw.mean);
-            rv = detail::packed<T>(r_kw.var);
-            engine::check_extents("running_mean", b.stat_names, b.stat_shape, detail::shape_of(rm).data(), int(rm.dimension()),
-                                  "the statistics'");
-            engine::check_extents("running_var", b.stat_names, b.stat_shape, detail::shape_of(rv).data(), int(rv.dimension()),
-                                  "the statistics'");
+            rm = detail::packed_checked<T>("running_mean", b.stat_names, b.stat_shape, r_kw.mean, "the statistics'");
+            rv = detail::packed_checked<T>("running_var", b.stat_names, b.stat_shape, r_kw.var, "the statistics'");
             args.running_mean = rm.data();
             args.running_var = rv.data();
         }

@@ -8,7 +8,7 @@
 #define NORMSPEC_NAMED_HPP
 
 #include "diagnostics.hpp"
-#include "engine/strided.hpp"
+#include "engine/plan.hpp"
 #include "spec.hpp"
 
 #include <xtensor/xarray.hpp>
@@ -145,6 +145,16 @@ std::vector<engine::index_t> shape_of(const X& x) {
     std::vector<engine::index_t> v(x.dimension());
     for (std::size_t d = 0; d < v.size(); ++d) v[d] = static_cast<engine::index_t>(x.shape()[d]);
     return v;
+}
+
+/// A small tensor (parameters, running statistics) copied row-major as T, after checking that
+/// it has the extents `extents` on the axes `axes`; `whose` names where those come from.
+template <class T, class E>
+xt::xarray<T> packed_checked(const std::string& what, const std::vector<std::string>& axes,
+                             const std::vector<engine::index_t>& extents, const E& e, const std::string& whose) {
+    xt::xarray<T> p(e);
+    engine::check_extents(what, axes, extents, shape_of(p).data(), int(p.dimension()), whose);
+    return p;
 }
 
 }  // namespace detail

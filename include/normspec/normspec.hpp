@@ -5,6 +5,7 @@
 
 #include "axes.hpp"
 #include "clauses.hpp"
+#include "dynamic.hpp"
 #include "forward.hpp"
 #include "named.hpp"
 #include "spec.hpp"

@@ -161,7 +161,12 @@ struct parse {
     static constexpr bool rms_without_beta =
         diagnostic::require<!(is_rms && kind == param_kind::affine), diagnostic::rms_has_no_beta, P>();
 
-    using type = basic_norm<R, P, kind, GA, groups_clause::count, is_rms>;
+    // Naming every check here instantiates them all (static members are otherwise lazy);
+    // & rather than && so that one failure does not hide the next.
+    static constexpr bool ok = known & one_reduce & one_param & one_groups & one_rms & reduce_nonempty & reduce_distinct &
+                               param_distinct & groups_reduced & rms_without_beta;
+    using type = std::conditional_t<ok, basic_norm<R, P, kind, GA, groups_clause::count, is_rms>,
+                                    basic_norm<R, P, kind, GA, groups_clause::count, is_rms>>;
 };
 
 }  // namespace detail

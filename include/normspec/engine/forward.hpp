@@ -3,8 +3,9 @@
 //   1. statistics: per statistic, mergeable moments; the innermost loop is either a reduced run
 //      (rows) or a kept run (columns, one accumulator per lane). Threads take kept indices, or,
 //      when there are fewer kept indices than threads, split the reduction and merge (Chan);
-//   2. normalize: mean, rstd, gamma and beta folded into a per-statistic scale and shift when the
-//      parameters live on kept axes, so each element costs one multiply-add; otherwise two.
+//   2. normalize: rstd and gamma folded into one per-statistic scale (beta the shift) when the
+//      parameters live on kept axes, so each element costs a subtract and a multiply-add:
+//      y = (x - mean) * scale + shift; otherwise y = ((x - mean) * rstd) * gamma + beta.
 // Nothing here names an alias: the plan's loop dims are all the kernels see.
 #ifndef NORMSPEC_ENGINE_FORWARD_HPP
 #define NORMSPEC_ENGINE_FORWARD_HPP
@@ -142,44 +143,54 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
     return out;
 }
 
-/// y = (x * sc + sh) * g + bt along one innermost run; sc/sh step ss, g/bt step sp.
+/// Per-statistic coefficients of the normalize sweep: y = ((x - mu) - lo) * sc + sh, then * g + bt
+/// when the parameters vary along reduced axes. The mean is carried as mu + lo (lo: what rounding
+/// the double mean to T lost) and subtracted before scaling: with float data at 1e4 + N(0,1),
+/// x - mu is exact, where x * sc - mu * sc, or a float mean alone, would cost 1e-4 of y.
 template <class T>
-inline void apply_run(const T* x, T* y, index_t n, index_t sx, index_t sy, const T* sc, const T* sh, index_t ss,
-                      const T* g, const T* bt, index_t sp) {
+struct coefficients {
+    std::vector<T> mu, lo, sc, sh;
+};
+
+/// One innermost run: mu/sc/sh step ss, g/bt step sp (g, bt nullptr: none).
+template <class T>
+inline void apply_run(const T* x, T* y, index_t n, index_t sx, index_t sy, const T* mu, const T* lo, const T* sc,
+                      const T* sh, index_t ss, const T* g, const T* bt, index_t sp) {
     if (sx == 1 && sy == 1) {
         if (ss == 0 && (g == nullptr || sp == 0)) {
+            const T m = mu[0], l = lo[0];
             const T a = g ? sc[0] * g[0] : sc[0];
             const T c = (g ? sh[0] * g[0] : sh[0]) + (bt ? bt[0] : T(0));
 #pragma omp simd
-            for (index_t i = 0; i < n; ++i) y[i] = x[i] * a + c;
+            for (index_t i = 0; i < n; ++i) y[i] = ((x[i] - m) - l) * a + c;
             return;
         }
-        if (ss == 0 && sp == 1) {
-            const T a = sc[0], c = sh[0];
+        if (ss == 0 && sp == 1) {  // rows with parameters along them (LayerNorm, RMSNorm)
+            const T m = mu[0], l = lo[0], a = sc[0];
             if (bt) {
 #pragma omp simd
-                for (index_t i = 0; i < n; ++i) y[i] = (x[i] * a + c) * g[i] + bt[i];
+                for (index_t i = 0; i < n; ++i) y[i] = (((x[i] - m) - l) * a) * g[i] + bt[i];
             } else {
 #pragma omp simd
-                for (index_t i = 0; i < n; ++i) y[i] = (x[i] * a + c) * g[i];
+                for (index_t i = 0; i < n; ++i) y[i] = (((x[i] - m) - l) * a) * g[i];
             }
             return;
         }
-        if (ss == 1 && g == nullptr) {
+        if (ss == 1 && g == nullptr) {  // columns: a statistic per lane (BatchNorm on NHWC)
 #pragma omp simd
-            for (index_t i = 0; i < n; ++i) y[i] = x[i] * sc[i] + sh[i];
+            for (index_t i = 0; i < n; ++i) y[i] = ((x[i] - mu[i]) - lo[i]) * sc[i] + sh[i];
             return;
         }
     }
     for (index_t i = 0; i < n; ++i) {
-        T v = x[i * sx] * sc[i * ss] + sh[i * ss];
+        T v = ((x[i * sx] - mu[i * ss]) - lo[i * ss]) * sc[i * ss] + sh[i * ss];
         if (g) v = v * g[i * sp] + (bt ? bt[i * sp] : T(0));
         y[i * sy] = v;
     }
 }
 
 template <class T>
-void normalize(const plan& p, const T* x, T* y, const T* sc, const T* sh, const T* g, const T* bt, int nt) {
+void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const T* g, const T* bt, int nt) {
     const loop_dim inner = p.apply.back();
     const std::vector<loop_dim> outer(p.apply.begin(), p.apply.end() - 1);
     const index_t no = count_of(outer), n = inner.extent;
@@ -190,10 +201,10 @@ void normalize(const plan& p, const T* x, T* y, const T* sc, const T* sh, const 
         const auto [ob, oe] = split_outer ? split(no, t, nt) : std::pair<index_t, index_t>{0, no};
         const auto [ib, ie] = split_outer ? std::pair<index_t, index_t>{0, n} : split(n, t, nt);
         for_range(outer, ob, oe, [&](const offsets& o) {
-            apply_run(x + o.x + ib * inner.sx, y + o.y + ib * inner.sy, ie - ib, inner.sx, inner.sy,
-                      sc + o.stat + ib * inner.sstat, sh + o.stat + ib * inner.sstat, inner.sstat,
-                      g ? g + o.param + ib * inner.sparam : nullptr, bt ? bt + o.param + ib * inner.sparam : nullptr,
-                      inner.sparam);
+            const index_t s = o.stat + ib * inner.sstat;
+            apply_run(x + o.x + ib * inner.sx, y + o.y + ib * inner.sy, ie - ib, inner.sx, inner.sy, k.mu.data() + s,
+                      k.lo.data() + s, k.sc.data() + s, k.sh.data() + s, inner.sstat, g ? g + o.param + ib * inner.sparam : nullptr,
+                      bt ? bt + o.param + ib * inner.sparam : nullptr, inner.sparam);
         });
     }
 }
@@ -222,10 +233,13 @@ void forward(const spec_desc& spec, const binding& b, const forward_args<T>& a) 
     const index_t total = a.x.size();
     const int nt = threads_for(total, a.threads);
 
-    std::vector<T> sc(b.stat_count), sh(b.stat_count);
+    if (total == 0) return;  // an empty kept axis: no statistic, nothing to normalize
+    const auto n = static_cast<std::size_t>(b.stat_count);
+    detail::coefficients<T> k{std::vector<T>(n), std::vector<T>(n), std::vector<T>(n), std::vector<T>(n, T(0))};
     auto store = [&](index_t s, double mean, double rstd) {
-        sc[s] = T(rstd);
-        sh[s] = T(-mean * rstd);
+        k.mu[s] = T(mean);
+        k.lo[s] = T(mean - double(k.mu[s]));
+        k.sc[s] = T(rstd);
         if (a.save_mean) a.save_mean[s] = T(mean);
         if (a.save_rstd) a.save_rstd[s] = T(rstd);
     };
@@ -239,21 +253,20 @@ void forward(const spec_desc& spec, const binding& b, const forward_args<T>& a) 
             const double mean = spec.rms ? 0.0 : m[s].mean;
             store(s, mean, 1.0 / std::sqrt(m[s].variance() + a.eps));
             if (running && spec.couples_batch) {
-                const double k = a.momentum;
-                a.running_mean[s] = T((1 - k) * double(a.running_mean[s]) + k * mean);
-                a.running_var[s] = T((1 - k) * double(a.running_var[s]) + k * m[s].unbiased_variance());
+                const double mom = a.momentum;
+                a.running_mean[s] = T((1 - mom) * double(a.running_mean[s]) + mom * mean);
+                a.running_var[s] = T((1 - mom) * double(a.running_var[s]) + mom * m[s].unbiased_variance());
             }
         }
     }
-    if (p.fold) {  // parameters on kept axes: y = x * (gamma*rstd) + (beta - mean*gamma*rstd)
+    if (p.fold) {  // parameters on kept axes: y = (x - mean) * (gamma * rstd) + beta
         for_range(p.kept, 0, count_of(p.kept), [&](const offsets& o) {
-            sc[o.stat] *= g[o.param];
-            sh[o.stat] = sh[o.stat] * g[o.param] + (bt ? bt[o.param] : T(0));
+            k.sc[o.stat] *= g[o.param];
+            k.sh[o.stat] = bt ? bt[o.param] : T(0);
         });
         g = bt = nullptr;
     }
-    if (total == 0) return;
-    detail::normalize(p, a.x.data, a.y.data, sc.data(), sh.data(), has_params ? g : nullptr, has_params ? bt : nullptr, nt);
+    detail::normalize(p, a.x.data, a.y.data, k, has_params ? g : nullptr, has_params ? bt : nullptr, nt);
 }
 
 }  // namespace normspec::engine

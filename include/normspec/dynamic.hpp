@@ -1,0 +1,87 @@
+// normspec/dynamic.hpp
+// The forward pass when the spec and the tensor's names are only known at run time (the CLI,
+// a model read from a config file): a spec_desc from describe<Spec>(), names as strings,
+// xt::xarray data. Same engine, same checks as forward(), reported as exceptions.
+#ifndef NORMSPEC_DYNAMIC_HPP
+#define NORMSPEC_DYNAMIC_HPP
+
+#include "engine/forward.hpp"
+#include "named.hpp"
+
+#include <optional>
+#include <string_view>
+#include <vector>
+
+namespace normspec {
+
+template <class T>
+struct dynamic_inputs {
+    const xt::xarray<T>* gamma = nullptr;
+    const xt::xarray<T>* beta = nullptr;
+    xt::xarray<T>* running_mean = nullptr;  // updated in place in training mode
+    xt::xarray<T>* running_var = nullptr;
+    double eps = 1e-5, momentum = 0.1;
+    mode run_mode = mode::train;
+    std::ptrdiff_t groups = 0;
+    int threads = 0;
+};
+
+template <class T>
+struct dynamic_result {
+    xt::xarray<T> y, mean, rstd;  // mean is empty for rms specs
+    std::vector<std::string> stat_axes;
+};
+
+template <class T>
+dynamic_result<T> forward_dynamic(const spec_desc& spec, const std::vector<std::string_view>& names, const xt::xarray<T>& x,
+                                  const dynamic_inputs<T>& in) {
+    auto xs = detail::lower<const T>(x);
+    const engine::binding b = engine::bind(spec, names, xs.shape.data(), xs.rank, in.groups);
+    if (spec.kind == param_kind::none && (in.gamma || in.beta)) engine::fail("gamma or beta given to a norm without parameters");
+    if (spec.kind != param_kind::affine && in.beta) engine::fail("beta given to a norm without beta");
+    if ((in.running_mean != nullptr) != (in.running_var != nullptr)) engine::fail("running mean and running var go together");
+    if (in.running_mean && !spec.couples_batch)
+        engine::fail("running statistics given to a norm whose reduce<...> holds no batch axis");
+
+    engine::forward_args<T> a;
+    a.x = xs;
+    a.eps = in.eps;
+    a.momentum = in.momentum;
+    a.train = in.run_mode == mode::train;
+    a.threads = in.threads;
+    const auto pnames = engine::param_axis_names(b);
+    xt::xarray<T> gp, bp, rm, rv;
+    if (in.gamma) {
+        gp = detail::packed_checked<T>("gamma", pnames, b.param_shape, *in.gamma, "the tensor's");
+        a.gamma = gp.data();
+    }
+    if (in.beta) {
+        bp = detail::packed_checked<T>("beta", pnames, b.param_shape, *in.beta, "the tensor's");
+        a.beta = bp.data();
+    }
+    if (in.running_mean) {
+        rm = detail::packed_checked<T>("running_mean", b.stat_names, b.stat_shape, *in.running_mean, "the statistics'");
+        rv = detail::packed_checked<T>("running_var", b.stat_names, b.stat_shape, *in.running_var, "the statistics'");
+        a.running_mean = rm.data();
+        a.running_var = rv.data();
+    }
+    dynamic_result<T> r;
+    r.stat_axes = b.stat_names;
+    std::vector<std::size_t> stat_shape(b.stat_shape.begin(), b.stat_shape.end());
+    if (!spec.rms) r.mean = xt::xarray<T>::from_shape(stat_shape);
+    r.rstd = xt::xarray<T>::from_shape(stat_shape);
+    a.save_mean = spec.rms ? nullptr : r.mean.data();
+    a.save_rstd = r.rstd.data();
+    r.y = xt::xarray<T>::from_shape(x.shape());
+    a.y = detail::lower<T>(r.y);
+    engine::forward(spec, b, a);
+    if (in.running_mean && a.train) {
+        *in.running_mean = rm;
+        *in.running_var = rv;
+    }
+    return r;
+}
+
+}  // namespace normspec
+
+#endif  // NORMSPEC_DYNAMIC_HPP

@@ -1,0 +1,137 @@
+// The normspec command end to end: `normspec run` on the PyTorch reference data, NCHW and NHWC,
+// train and eval, and one-line errors with a non-zero exit for bad input.
+#include "helpers.hpp"
+
+#include <xtensor/xmanipulation.hpp>
+#include <xtensor/xnpy.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string refdir = NORMSPEC_REFERENCE_DIR;
+
+struct cli_run {
+    int status;
+    std::string err;
+};
+
+fs::path scratch() {
+    static fs::path dir = [] {
+        auto d = fs::temp_directory_path() / ("normspec_cli_" + std::to_string(::getpid()));
+        fs::create_directories(d);
+        return d;
+    }();
+    return dir;
+}
+
+cli_run normspec_cli(const std::string& args) {
+    const auto err = scratch() / "stderr.txt";
+    const std::string cmd = std::string(NORMSPEC_CLI) + " " + args + " 2>" + err.string() + " >/dev/null";
+    const int rc = std::system(cmd.c_str());
+    std::ifstream f(err);
+    std::stringstream s;
+    s << f.rdbuf();
+    return {WEXITSTATUS(rc), s.str()};
+}
+
+xt::xarray<double> want(const std::string& c, const std::string& f) { return xt::load_npy<double>(refdir + "/" + c + "/" + f + ".npy"); }
+xt::xarray<double> got(const fs::path& out, const std::string& f) {
+    return xt::cast<double>(xt::load_npy<float>((out / (f + ".npy")).string()));
+}
+
+/// Runs `norm` on case `c` in NCHW (or BTD) and, for 4-d data, in NHWC; checks the outputs.
+void check_case(const std::string& c, const std::string& norm, const std::string& extra, bool has_mean = true,
+                bool has_beta = true) {
+    CAPTURE(c);
+    const std::string params = " --gamma " + refdir + "/" + c + "/gamma.npy" + (has_beta ? " --beta " + refdir + "/" + c + "/beta.npy" : "");
+    xt::xarray<float> x = xt::load_npy<float>(refdir + "/" + c + "/x.npy");
+    const bool cnn = x.dimension() == 4;
+    for (int nhwc = 0; nhwc < (cnn ? 2 : 1); ++nhwc) {
+        CAPTURE(nhwc);
+        const fs::path out = scratch() / (c + (nhwc ? "_nhwc" : "_nchw"));
+        std::string xpath = refdir + "/" + c + "/x.npy", layout = cnn ? "NCHW" : "BTD";
+        if (nhwc) {
+            xpath = (scratch() / (c + "_x_nhwc.npy")).string();
+            xt::xarray<float> xt_ = xt::transpose(x, {0, 2, 3, 1});
+            xt::dump_npy(xpath, xt_);
+            layout = "NHWC";
+        }
+        const auto r = normspec_cli("run --norm " + norm + " --layout " + layout + " --x " + xpath + params + " " + extra +
+                                    " --out " + out.string());
+        REQUIRE_MESSAGE(r.status == 0, r.err);
+        xt::xarray<double> y = got(out, "y");
+        if (nhwc) y = xt::transpose(y, {0, 3, 1, 2});
+        CHECK(th::rel_err(y, want(c, "y")) < 2e-6);
+        CHECK(th::rel_err(got(out, "rstd"), want(c, "rstd")) < 2e-6);
+        if (has_mean) CHECK(th::rel_err(got(out, "mean"), want(c, "mean")) < 2e-6);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("normspec run matches PyTorch for the six aliases, NCHW and NHWC, train and eval") {
+    const std::string bn = refdir + "/batch_norm_train/";
+    check_case("batch_norm_train", "batch_norm",
+               "--running-mean " + bn + "running_mean.npy --running-var " + bn + "running_var.npy");
+    CHECK(th::rel_err(got(scratch() / "batch_norm_train_nchw", "running_mean"), want("batch_norm_train", "running_mean_out")) < 2e-6);
+    CHECK(th::rel_err(got(scratch() / "batch_norm_train_nhwc", "running_var"), want("batch_norm_train", "running_var_out")) < 2e-6);
+    const std::string be = refdir + "/batch_norm_eval/";
+    check_case("batch_norm_eval", "batch_norm",
+               "--mode eval --running-mean " + be + "running_mean.npy --running-var " + be + "running_var.npy");
+    for (std::string mode : {"train", "eval"}) {
+        CAPTURE(mode);
+        check_case("layer_norm_cnn", "layer_norm_cnn", "--mode " + mode);
+        check_case("layer_norm", "layer_norm", "--mode " + mode);
+        check_case("layer_norm_large_offset", "layer_norm", "--mode " + mode);
+        check_case("instance_norm", "instance_norm", "--mode " + mode);
+        check_case("group_norm_1", "group_norm", "--groups 1 --mode " + mode);
+        check_case("group_norm_4", "group_norm", "--groups 4 --mode " + mode);
+        check_case("group_norm_12", "group_norm", "--groups 12 --mode " + mode);
+        check_case("rms_norm", "rms_norm", "--mode " + mode, false, false);
+    }
+    CHECK_FALSE(fs::exists(scratch() / "rms_norm_nchw" / "mean.npy"));
+}
+
+TEST_CASE("normspec zoo prints the table generated from the specs") {
+    const auto out = scratch() / "zoo.txt";
+    REQUIRE(std::system((std::string(NORMSPEC_CLI) + " zoo > " + out.string()).c_str()) == 0);
+    std::ifstream f(out);
+    std::stringstream s;
+    s << f.rdbuf();
+    const std::string t = s.str();
+    CHECK(t.find("| batch_norm     | norm<reduce<N,H,W>, affine<C>>") != std::string::npos);
+    CHECK(t.find("norm<reduce<D>, scale<D>, rms>") != std::string::npos);
+    CHECK(t.find("groups<C,dynamic>") != std::string::npos);
+}
+
+TEST_CASE("bad arguments or files: one line on stderr, a non-zero exit, no crash") {
+    const std::string x = refdir + "/layer_norm/x.npy";
+    auto one_line_error = [](const cli_run& r, const std::string& text) {
+        CAPTURE(r.err);
+        CHECK(r.status != 0);
+        CHECK(r.status < 128);  // not a signal
+        CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+        CHECK(r.err.find(text) != std::string::npos);
+    };
+    const std::string o = " --out " + (scratch() / "bad").string();
+    one_line_error(normspec_cli("run --norm batch_norm --layout BTD --x " + x + o), "reduce<N> names an axis that the tensor <B,T,D> does not have");
+    one_line_error(normspec_cli("run --norm layer_norm --layout BQD --x " + x + o), "unknown axis letter 'Q'");
+    one_line_error(normspec_cli("run --norm layer_norm --layout BD --x " + x + o), "give 2 names to a tensor of rank 3");
+    one_line_error(normspec_cli("run --norm layer_norm --layout BTD --x " + x + " --gamma " + refdir + "/instance_norm/gamma.npy" + o),
+                   "gamma axis D has extent 5 but the tensor's axis D has extent 37");
+    one_line_error(normspec_cli("run --norm no_such_norm --layout BTD --x " + x + o), "no_such_norm");
+    one_line_error(normspec_cli("run --norm layer_norm --layout BTD --x /nonexistent.npy" + o), "/nonexistent.npy");
+    one_line_error(normspec_cli("run --norm layer_norm --layout BTD --x " + std::string(NORMSPEC_CLI) + o), "is not a .npy file");
+    one_line_error(normspec_cli("run --norm layer_norm --layout BTD --x " + x + " --eps 0" + o), "eps must be a finite number > 0");
+    one_line_error(normspec_cli("run --norm group_norm --layout NCHW --x " + refdir + "/group_norm_4/x.npy --groups 5" + o),
+                   "G = 5 does not divide axis C of extent 12");
+    one_line_error(normspec_cli("run --norm batch_norm --layout NCHW --mode eval --x " + refdir + "/batch_norm_eval/x.npy" + o),
+                   "needs running statistics");
+    one_line_error(normspec_cli("run --norm layer_norm --layout BTD --mode sideways --x " + x + o), "--mode must be train or eval");
+}

@@ -1,0 +1,86 @@
+// Run-time misuse: each throws std::invalid_argument naming the axis and both extents.
+#include "helpers.hpp"
+
+#include <normspec/engine/forward.hpp>
+
+using namespace normspec;
+
+#define CHECK_INVALID(expr, text) CHECK_THROWS_WITH_AS(expr, doctest::Contains(text), std::invalid_argument)
+
+TEST_CASE("parameter and running-statistics shapes are checked, naming the axis and both extents") {
+    xt::xtensor<float, 4> x = xt::zeros<float>({2, 4, 3, 3});
+    xt::xtensor<float, 1> g4 = xt::ones<float>({4}), g5 = xt::ones<float>({5});
+    CHECK_INVALID(forward(batch_norm{}, named<N, C, H, W>(x), gamma(g5)),
+                  "gamma axis C has extent 5 but the tensor's axis C has extent 4");
+    CHECK_INVALID(forward(batch_norm{}, named<N, C, H, W>(x), gamma(g4), beta(g5)),
+                  "beta axis C has extent 5 but the tensor's axis C has extent 4");
+    xt::xtensor<float, 2> g2 = xt::ones<float>({4, 1});
+    CHECK_INVALID(forward(batch_norm{}, named<N, C, H, W>(x), gamma(g2)), "gamma has 2 dimensions but must have 1 (axes <C>)");
+    xt::xtensor<float, 1> rm = xt::zeros<float>({4}), rv3 = xt::ones<float>({3});
+    CHECK_INVALID(forward(batch_norm{}, named<N, C, H, W>(x), running(rm, rv3)),
+                  "running_var axis C has extent 3 but the statistics' axis C has extent 4");
+    xt::xtensor<float, 3> lnx = xt::zeros<float>({2, 3, 8});
+    xt::xtensor<float, 3> chw = xt::ones<float>({4, 3, 2});
+    CHECK_INVALID(forward(layer_norm_cnn{}, named<N, C, H, W>(x), gamma(chw)),
+                  "gamma axis W has extent 2 but the tensor's axis W has extent 3");
+    xt::xtensor<float, 4> y = xt::zeros<float>({2, 4, 3, 5});
+    CHECK_INVALID(forward(batch_norm{}, named<N, C, H, W>(x), out(y)), "out axis W has extent 5 but x's axis W has extent 3");
+}
+
+TEST_CASE("groups, eps and empty reductions are checked") {
+    xt::xtensor<float, 4> x = xt::zeros<float>({2, 6, 3, 3});
+    CHECK_INVALID(forward(group_norm<4>{}, named<N, C, H, W>(x)), "groups<C, 4>: G = 4 does not divide axis C of extent 6");
+    CHECK_INVALID(forward(group_norm<>{}, named<N, C, H, W>(x), num_groups(5)),
+                  "groups<C, dynamic>: G = 5 does not divide axis C of extent 6");
+    CHECK_INVALID(forward(group_norm<>{}, named<N, C, H, W>(x), num_groups(0)), "needs the number of groups at run time");
+    CHECK_INVALID(forward(batch_norm{}, named<N, C, H, W>(x), eps(0.0)), "eps must be a finite number > 0, got 0");
+    CHECK_INVALID(forward(batch_norm{}, named<N, C, H, W>(x), eps(-1e-5)), "eps must be a finite number > 0");
+    CHECK_INVALID(forward(batch_norm{}, named<N, C, H, W>(x), momentum(1.5)), "momentum must be in [0, 1], got 1.5");
+    xt::xtensor<float, 4> empty = xt::zeros<float>({0, 6, 3, 3});
+    CHECK_INVALID(forward(batch_norm{}, named<N, C, H, W>(empty)),
+                  "empty reduction: reduce<N,H,W> spans no element (axis N has extent 0)");
+    // no reduction is empty when only a kept axis is: nothing to do, and no error
+    auto r = forward(instance_norm{}, named<N, C, H, W>(empty));
+    CHECK(r.y.size() == 0);
+}
+
+TEST_CASE("running statistics in training need more than one value per statistic") {
+    xt::xtensor<float, 4> x = xt::zeros<float>({1, 3, 1, 1});
+    xt::xtensor<float, 1> rm = xt::zeros<float>({3}), rv = xt::ones<float>({3});
+    CHECK_INVALID(forward(batch_norm{}, named<N, C, H, W>(x), running(rm, rv)),
+                  "training with running statistics needs more than one value per statistic, but the reduction spans 1");
+}
+
+TEST_CASE("dynamic-rank tensors: the names must match the rank") {
+    xt::xarray<float> x = xt::zeros<float>({2, 3, 4});
+    CHECK_INVALID(forward(batch_norm{}, named<N, C, H, W>(x)), "the names <N,C,H,W> give 4 names to a tensor of rank 3");
+}
+
+TEST_CASE("the run-time front end reports spec and layout mismatches by name") {
+    xt::xarray<float> x = xt::zeros<float>({2, 3, 4});
+    dynamic_inputs<float> in;
+    CHECK_INVALID(forward_dynamic<float>(describe<batch_norm>(), {"B", "T", "D"}, x, in),
+                  "reduce<N> names an axis that the tensor <B,T,D> does not have");
+    xt::xarray<float> g = xt::ones<float>({4});
+    in.gamma = &g;
+    CHECK_INVALID(forward_dynamic<float>(describe<layer_norm>(), {"B", "T", "T"}, x, in), "give axis T twice");
+    CHECK_INVALID(forward_dynamic<float>(describe<rms_norm>(), {"B", "T", "D"}, x, dynamic_inputs<float>{nullptr, &g}),
+                  "beta given to a norm without beta");
+}
+
+TEST_CASE("plans: every norm on every layout is a short pattern of kept and reduced loops") {
+    auto pattern = [](const spec_desc& s, std::vector<std::string_view> names, std::vector<engine::index_t> shape,
+                      engine::index_t groups = 0) {
+        std::vector<float> buf(1);
+        auto b = engine::bind(s, names, shape.data(), int(shape.size()), groups);
+        auto x = engine::contiguous(buf.data(), shape);
+        return engine::make_plan(b, x, x, false).pattern();
+    };
+    CHECK(pattern(describe<batch_norm>(), {"N", "C", "H", "W"}, {8, 16, 5, 5}) == "[reduce N, keep C, reduce H*W]");
+    CHECK(pattern(describe<batch_norm>(), {"N", "H", "W", "C"}, {8, 5, 5, 16}) == "[reduce N*H*W, keep C]");
+    CHECK(pattern(describe<layer_norm>(), {"B", "T", "D"}, {8, 16, 32}) == "[keep B*T, reduce D]");
+    CHECK(pattern(describe<instance_norm>(), {"N", "C", "H", "W"}, {8, 16, 5, 5}) == "[keep N*C, reduce H*W]");
+    CHECK(pattern(describe<group_norm<>>(), {"N", "C", "H", "W"}, {8, 16, 5, 5}, 4) == "[keep N*G(C), reduce C/G*H*W]");
+    CHECK(pattern(describe<group_norm<>>(), {"N", "H", "W", "C"}, {8, 5, 5, 16}, 4) ==
+          "[keep N, reduce H*W, keep G(C), reduce C/G]");
+}

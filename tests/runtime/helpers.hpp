@@ -1,0 +1,87 @@
+// Test helpers: random data, calling any spec with the parameters it takes, comparing to the reference.
+#ifndef NORMSPEC_TESTS_HELPERS_HPP
+#define NORMSPEC_TESTS_HELPERS_HPP
+
+#include "reference.hpp"
+
+#include <normspec/normspec.hpp>
+
+#include <doctest/doctest.h>
+#include <xtensor/xrandom.hpp>
+#include <xtensor/xview.hpp>
+
+namespace th {
+
+inline xt::xarray<double> randn(std::vector<std::size_t> shape, double offset = 0.0, double scale = 1.0) {
+    static std::mt19937 engine(12345);
+    xt::xarray<double> a = xt::xarray<double>::from_shape(shape);
+    std::normal_distribution<double> d(offset, scale);
+    for (auto& v : a) v = d(engine);
+    return a;
+}
+
+/// The largest |a - b| over the largest |b| (at least 1).
+template <class A, class B>
+double rel_err(const A& a, const B& b) {
+    xt::xarray<double> ad = xt::cast<double>(a), bd = xt::cast<double>(b);
+    REQUIRE(ad.shape() == bd.shape());
+    double err = 0, scale = 1;
+    for (std::size_t i = 0; i < ad.size(); ++i) {
+        err = std::max(err, std::abs(ad.data()[i] - bd.data()[i]));
+        scale = std::max(scale, std::abs(bd.data()[i]));
+    }
+    return err / scale;
+}
+
+template <class T>
+double tolerance() { return std::is_same_v<T, float> ? 2e-6 : 1e-12; }
+
+/// forward(Spec{}, named<A...>(x), ...) with the parameters the spec takes, then `extra`.
+template <class Spec, class... A, class X, class... Kw>
+auto call(const X& x, const xt::xarray<double>& g, const xt::xarray<double>& b, long groups, Kw&&... extra) {
+    using T = std::decay_t<typename std::decay_t<X>::value_type>;
+    const xt::xarray<T> gt = xt::cast<T>(g), bt = xt::cast<T>(b);
+    auto with_params = [&](auto&&... more) {
+        if constexpr (Spec::has_beta)
+            return normspec::forward(Spec{}, normspec::named<A...>(x), normspec::gamma(gt), normspec::beta(bt), more...);
+        else if constexpr (Spec::has_gamma)
+            return normspec::forward(Spec{}, normspec::named<A...>(x), normspec::gamma(gt), more...);
+        else
+            return normspec::forward(Spec{}, normspec::named<A...>(x), more...);
+    };
+    if constexpr (Spec::runtime_groups)
+        return with_params(normspec::num_groups(groups), std::forward<Kw>(extra)...);
+    else
+        return with_params(std::forward<Kw>(extra)...);
+}
+
+/// Random gamma and beta on the spec's parameter axes, for a tensor named A... of this shape.
+template <class Spec, class... A>
+std::pair<xt::xarray<double>, xt::xarray<double>> params_for(const std::vector<std::size_t>& shape) {
+    const std::vector<std::string_view> names{A::name...};
+    std::vector<std::size_t> ps;
+    for (auto p : normspec::describe<Spec>().params)
+        for (std::size_t d = 0; d < names.size(); ++d)
+            if (names[d] == p) ps.push_back(shape[d]);
+    if (!Spec::has_gamma) return {};
+    return {randn(ps, 1.0, 0.5), Spec::has_beta ? randn(ps, 0.0, 0.5) : xt::xarray<double>{}};
+}
+
+/// Runs Spec on x (named A...) and checks y, mean and rstd against the float64 reference.
+template <class Spec, class... A, class X>
+void check_against_reference(const X& x, long groups = 0) {
+    using T = std::decay_t<typename std::decay_t<X>::value_type>;
+    const xt::xarray<double> xd = xt::cast<double>(xt::xarray<T>(x));
+    std::vector<std::size_t> shape(xd.shape().begin(), xd.shape().end());
+    auto [g, b] = params_for<Spec, A...>(shape);
+    const long G = Spec::static_groups ? long(Spec::static_groups) : groups;
+    const auto want = ref::norm(normspec::describe<Spec>(), {A::name...}, xd, g, b, G, 1e-5);
+    const auto got = call<Spec, A...>(x, g, b, groups);
+    CHECK(rel_err(got.y, want.y) < tolerance<T>());
+    CHECK(rel_err(got.rstd, want.rstd) < tolerance<T>());
+    if constexpr (!Spec::is_rms) CHECK(rel_err(got.mean, want.mean) < tolerance<T>());
+}
+
+}  // namespace th
+
+#endif

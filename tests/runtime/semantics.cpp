@@ -1,0 +1,145 @@
+// Behaviour beyond "y matches": training vs evaluation, running statistics (PyTorch's convention),
+// outputs into caller-provided tensors and in place, adaptors and expressions as input,
+// threads, and accuracy on the large-offset input.
+#include "helpers.hpp"
+
+#include <xtensor/xadapt.hpp>
+#include <xtensor/xfixed.hpp>
+#include <xtensor/xmanipulation.hpp>
+
+using namespace normspec;
+
+TEST_CASE("batch_norm training updates running statistics with momentum and the unbiased variance") {
+    xt::xtensor<double, 4> x = th::randn({4, 3, 5, 6}, 1.0, 2.0);
+    xt::xtensor<double, 1> rm{0.1, -0.2, 0.3}, rv{1.0, 2.0, 0.5};
+    const xt::xtensor<double, 1> rm0 = rm, rv0 = rv;
+    const auto want = ref::norm(describe<batch_norm>(), {"N", "C", "H", "W"}, x, {}, {}, 0, 1e-5);
+    SUBCASE("default momentum 0.1") {
+        auto r = forward(batch_norm{}, named<N, C, H, W>(x), running(rm, rv));
+        CHECK(th::rel_err(rm, 0.9 * rm0 + 0.1 * want.mean) < 1e-14);
+        CHECK(th::rel_err(rv, 0.9 * rv0 + 0.1 * want.var_unbiased) < 1e-14);
+        CHECK(th::rel_err(r.y, want.y) < 1e-12);
+    }
+    SUBCASE("momentum 0.25") {
+        forward(batch_norm{}, named<N, C, H, W>(x), running(rm, rv), momentum(0.25));
+        CHECK(th::rel_err(rm, 0.75 * rm0 + 0.25 * want.mean) < 1e-14);
+        CHECK(th::rel_err(rv, 0.75 * rv0 + 0.25 * want.var_unbiased) < 1e-14);
+    }
+    SUBCASE("a view of running statistics is updated in place") {
+        xt::xtensor<double, 2> table = xt::zeros<double>({2, 3});
+        xt::view(table, 1, xt::all()) = rv0;
+        forward(batch_norm{}, named<N, C, H, W>(x), running(rm, xt::view(table, 1, xt::all())));
+        CHECK(th::rel_err(xt::view(table, 1, xt::all()), 0.9 * rv0 + 0.1 * want.var_unbiased) < 1e-14);
+        CHECK(xt::all(xt::equal(xt::view(table, 0, xt::all()), 0.0)));
+    }
+}
+
+TEST_CASE("batch_norm evaluation normalizes with the running statistics and leaves them unchanged") {
+    xt::xtensor<float, 4> x = xt::cast<float>(th::randn({2, 3, 4, 5}));
+    xt::xtensor<float, 1> g{1.5f, -0.5f, 2.0f}, b{0.1f, 0.2f, 0.3f}, rm{0.5f, -1.0f, 0.0f}, rv{4.0f, 0.25f, 1.0f};
+    const xt::xtensor<float, 1> rm0 = rm, rv0 = rv;
+    auto r = forward(batch_norm{}, named<N, C, H, W>(x), gamma(g), beta(b), running(rm, rv), mode::eval);
+    for (std::size_t c = 0; c < 3; ++c) {
+        const double rs = 1.0 / std::sqrt(double(rv0(c)) + 1e-5);
+        auto yc = xt::view(r.y, xt::all(), c);
+        auto xc = xt::view(x, xt::all(), c);
+        xt::xarray<double> want = (xt::cast<double>(xc) - double(rm0(c))) * rs * double(g(c)) + double(b(c));
+        CHECK(th::rel_err(yc, want) < 2e-6);
+        CHECK(r.rstd(c) == doctest::Approx(rs));
+    }
+    CHECK(rm == rm0);
+    CHECK(rv == rv0);
+    SUBCASE("evaluation without running statistics is an error") {
+        CHECK_THROWS_WITH_AS(forward(batch_norm{}, named<N, C, H, W>(x), mode::eval),
+                             doctest::Contains("eval mode of a norm whose statistics cross the batch needs running statistics"),
+                             std::invalid_argument);
+    }
+}
+
+TEST_CASE("norms that do not couple the batch run the same path in train and eval") {
+    xt::xtensor<float, 3> x = xt::cast<float>(th::randn({3, 4, 9}));
+    xt::xtensor<float, 1> g = xt::cast<float>(th::randn({9})), b = xt::cast<float>(th::randn({9}));
+    auto train = forward(layer_norm{}, named<B, T, D>(x), gamma(g), beta(b));
+    auto eval = forward(layer_norm{}, named<B, T, D>(x), gamma(g), beta(b), mode::eval);
+    CHECK(train.y == eval.y);
+    CHECK(train.rstd == eval.rstd);
+}
+
+TEST_CASE("output into a caller's tensor, of another layout, and in place") {
+    xt::xtensor<float, 4> x = xt::cast<float>(th::randn({2, 6, 3, 5}));
+    xt::xtensor<float, 1> g = xt::cast<float>(th::randn({6})), b = xt::cast<float>(th::randn({6}));
+    auto want = forward(group_norm<2>{}, named<N, C, H, W>(x), gamma(g), beta(b));
+    SUBCASE("a preallocated tensor") {
+        xt::xtensor<float, 4> y = xt::zeros<float>(x.shape());
+        auto saved = forward(group_norm<2>{}, named<N, C, H, W>(x), gamma(g), beta(b), out(y));
+        CHECK(y == want.y);
+        CHECK(saved.rstd == want.rstd);
+    }
+    SUBCASE("a transposed view of a channels-last buffer") {
+        xt::xtensor<float, 4> nhwc = xt::zeros<float>({2, 3, 5, 6});
+        forward(group_norm<2>{}, named<N, C, H, W>(x), gamma(g), beta(b), out(xt::transpose(nhwc, {0, 3, 1, 2})));
+        CHECK(th::rel_err(xt::transpose(nhwc, {0, 3, 1, 2}), want.y) < 2e-6);
+    }
+    SUBCASE("in place") {
+        forward(group_norm<2>{}, named<N, C, H, W>(x), gamma(g), beta(b), out(x));
+        CHECK(x == want.y);
+    }
+}
+
+TEST_CASE("inputs: raw memory through xt::adapt, fixed-size tensors, and lazy expressions") {
+    std::vector<double> buffer(2 * 3 * 7);
+    for (std::size_t i = 0; i < buffer.size(); ++i) buffer[i] = std::sin(double(i)) * 3 + 1;
+    auto x = xt::adapt(buffer, std::vector<std::size_t>{2, 3, 7});
+    const auto want = ref::norm(describe<rms_norm>(), {"B", "T", "D"}, x, xt::ones<double>({7}), {}, 0, 1e-5);
+    auto r = forward(rms_norm{}, named<B, T, D>(x), gamma(xt::xtensor<double, 1>(xt::ones<double>({7}))));
+    CHECK(th::rel_err(r.y, want.y) < 1e-12);
+
+    xt::xtensor_fixed<double, xt::xshape<3, 7>> fixed = xt::view(x, 0, xt::all(), xt::all());
+    xt::xtensor_fixed<double, xt::xshape<7>> gf = xt::ones<double>({7});
+    auto rf = forward(rms_norm{}, named<T, D>(fixed), gamma(gf));
+    CHECK(th::rel_err(rf.y, xt::view(want.y, 0, xt::all(), xt::all())) < 1e-12);
+
+    // norm(x + residual): the expression is evaluated once, then normalized
+    xt::xtensor<double, 3> residual = th::randn({2, 3, 7});
+    xt::xarray<double> sum = x + residual;
+    auto lazy = forward(layer_norm{}, named<B, T, D>(x + residual));
+    auto eager = forward(layer_norm{}, named<B, T, D>(sum));
+    CHECK(lazy.y == eager.y);
+}
+
+TEST_CASE("one and two threads agree, on kept-index and split-reduction plans") {
+    // enough elements to pass the parallel threshold; few channels force a split reduction
+    xt::xtensor<float, 4> nhwc = xt::cast<float>(th::randn({8, 32, 32, 3}, 3.0));
+    xt::xtensor<float, 4> nchw = xt::cast<float>(th::randn({8, 3, 32, 32}, 3.0));
+    xt::xtensor<float, 3> row = xt::cast<float>(th::randn({1, 1, 70001}, -2.0));
+    auto agree = [](auto&& one, auto&& two) {
+        CHECK(th::rel_err(one.y, two.y) < 2e-6);
+        CHECK(th::rel_err(one.rstd, two.rstd) < 2e-6);
+    };
+    agree(forward(batch_norm{}, named<N, H, W, C>(nhwc), threads(1)), forward(batch_norm{}, named<N, H, W, C>(nhwc), threads(2)));
+    agree(forward(batch_norm{}, named<N, C, H, W>(nchw), threads(1)), forward(batch_norm{}, named<N, C, H, W>(nchw), threads(2)));
+    agree(forward(layer_norm{}, named<B, T, D>(row), threads(1)), forward(layer_norm{}, named<B, T, D>(row), threads(2)));
+    agree(forward(group_norm<>{}, named<N, H, W, C>(nhwc), num_groups(3), threads(1)),
+          forward(group_norm<>{}, named<N, H, W, C>(nhwc), num_groups(3), threads(2)));
+    const auto want = ref::norm(describe<batch_norm>(), {"N", "H", "W", "C"}, xt::cast<double>(nhwc), {}, {}, 0, 1e-5);
+    CHECK(th::rel_err(forward(batch_norm{}, named<N, H, W, C>(nhwc), threads(2)).y, want.y) < 2e-6);
+}
+
+TEST_CASE("the large-offset input keeps its variance in float32") {
+    // float32 1e4 + N(0,1): the naive E[x^2] - E[x]^2 in float loses the variance entirely
+    xt::xtensor<float, 3> x = xt::cast<float>(th::randn({2, 3, 4099}, 1e4, 1.0));
+    const auto want = ref::norm(describe<layer_norm>(), {"B", "T", "D"}, xt::cast<double>(x), {}, {}, 0, 1e-5);
+    float naive_sum = 0, naive_sq = 0;
+    for (std::size_t i = 0; i < 4099; ++i) naive_sum += x(0, 0, i), naive_sq += x(0, 0, i) * x(0, 0, i);
+    const float naive_var = naive_sq / 4099 - (naive_sum / 4099) * (naive_sum / 4099);
+    const double true_var = 1.0 / (want.rstd(0, 0) * want.rstd(0, 0)) - 1e-5;
+    CHECK(std::abs(naive_var - true_var) > 0.5 * true_var);  // the trap is real
+    auto r = forward(layer_norm{}, named<B, T, D>(x));
+    CHECK(th::rel_err(r.rstd, want.rstd) < 1e-6);
+    CHECK(th::rel_err(r.y, want.y) < 2e-6);
+    xt::xtensor<float, 4> img = xt::cast<float>(th::randn({3, 2, 17, 19}, 1e4, 1.0));
+    const auto want_bn = ref::norm(describe<batch_norm>(), {"N", "C", "H", "W"}, xt::cast<double>(img), {}, {}, 0, 1e-5);
+    CHECK(th::rel_err(forward(batch_norm{}, named<N, C, H, W>(img)).rstd, want_bn.rstd) < 1e-6);
+    xt::xtensor<float, 4> img_nhwc = xt::transpose(img, {0, 2, 3, 1});
+    CHECK(th::rel_err(forward(batch_norm{}, named<N, H, W, C>(img_nhwc)).rstd, want_bn.rstd) < 1e-6);
+}
