@@ -80,6 +80,19 @@ void check_against_reference(const X& x, long groups = 0) {
     CHECK(rel_err(got.y, want.y) < tolerance<T>());
     CHECK(rel_err(got.rstd, want.rstd) < tolerance<T>());
     if constexpr (!Spec::is_rms) CHECK(rel_err(got.mean, want.mean) < tolerance<T>());
+
+    // evaluation mode
+    if constexpr (Spec::has_running_stats) {
+        // running statistics equal to this batch's (biased) statistics must give the same y
+        xt::xarray<T> rm = xt::cast<T>(want.mean);
+        xt::xarray<T> rv = xt::cast<T>(1.0 / (want.rstd * want.rstd) - 1e-5);
+        const auto eval = call<Spec, A...>(x, g, b, groups, normspec::running(rm, rv), normspec::mode::eval);
+        CHECK(rel_err(eval.y, want.y) < 10 * tolerance<T>());
+    } else {
+        // one code path: evaluation is training
+        const auto eval = call<Spec, A...>(x, g, b, groups, normspec::mode::eval);
+        CHECK(rel_err(eval.y, got.y) == 0.0);
+    }
 }
 
 }  // namespace th
