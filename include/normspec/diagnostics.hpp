@@ -122,7 +122,7 @@ template <class Keyword>
 struct forward_takes_no_such_argument {
     static_assert(always_false<Keyword>,
                   "normspec: forward() takes named<...>(x), then only gamma(), beta(), running(), out(), eps(), momentum(), "
-                  "num_groups(), threads() and a mode");
+                  "num_groups(), threads(), a mode and a schedule");
 };
 template <class ValueType>
 struct forward_needs_float_or_double {

@@ -126,6 +126,7 @@ auto forward(S, const named_tensor<E, A...>& xn, Kw&&... kws) {
         args.momentum = kw::find<kw::is_momentum>(kw::momentum_t{0.1}, kws...).value;
         args.threads = kw::find<kw::is_threads>(kw::threads_t{0}, kws...).value;
         args.train = kw::find<kw::is_mode>(mode::train, kws...) == mode::train;
+        args.schedule = static_cast<int>(kw::find<kw::is_schedule>(schedule::automatic, kws...));
         const auto groups = kw::find<kw::is_groups>(kw::groups_t{0}, kws...).value;
 
         // x: its own memory when it has some, else evaluated once

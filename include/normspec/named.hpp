@@ -63,6 +63,12 @@ auto named(E&& e) {
 
 enum class mode { train, eval };
 
+/// How the two steps meet the data (Halide's word): `fused` computes each kept index's statistics
+/// and normalizes it while its data is in cache; `two_sweeps` takes every statistic first; the
+/// default picks fused when a kept index's data fits in cache and there is one for every thread.
+/// Results agree to rounding; the schedule is for benchmarks and tests.
+enum class schedule { automatic = 0, fused = 1, two_sweeps = 2 };
+
 namespace kw {
 template <class E>
 struct gamma_t { E e; };
@@ -104,10 +110,11 @@ template <class K> struct is_momentum : std::is_same<K, momentum_t> {};
 template <class K> struct is_groups : std::is_same<K, groups_t> {};
 template <class K> struct is_threads : std::is_same<K, threads_t> {};
 template <class K> struct is_mode : std::is_same<K, mode> {};
+template <class K> struct is_schedule : std::is_same<K, schedule> {};
 template <class K>
 struct is_keyword : std::bool_constant<is_gamma<K>::value || is_beta<K>::value || is_running<K>::value || is_out<K>::value ||
                                        is_eps<K>::value || is_momentum<K>::value || is_groups<K>::value ||
-                                       is_threads<K>::value || is_mode<K>::value> {};
+                                       is_threads<K>::value || is_mode<K>::value || is_schedule<K>::value> {};
 }  // namespace kw
 
 template <class E> auto gamma(E&& e) { return kw::gamma_t<E>{std::forward<E>(e)}; }

@@ -80,6 +80,11 @@ void check_against_reference(const X& x, long groups = 0) {
     CHECK(rel_err(got.y, want.y) < tolerance<T>());
     CHECK(rel_err(got.rstd, want.rstd) < tolerance<T>());
     if constexpr (!Spec::is_rms) CHECK(rel_err(got.mean, want.mean) < tolerance<T>());
+    for (auto sched : {normspec::schedule::fused, normspec::schedule::two_sweeps}) {  // both schedules, forced
+        const auto forced = call<Spec, A...>(x, g, b, groups, sched);
+        CHECK(rel_err(forced.y, want.y) < tolerance<T>());
+        CHECK(rel_err(forced.rstd, want.rstd) < tolerance<T>());
+    }
 
     // evaluation mode
     if constexpr (Spec::has_running_stats) {

@@ -112,6 +112,7 @@ TEST_CASE("one and two threads agree, on kept-index and split-reduction plans") 
     xt::xtensor<float, 4> nhwc = xt::cast<float>(th::randn({8, 32, 32, 3}, 3.0));
     xt::xtensor<float, 4> nchw = xt::cast<float>(th::randn({8, 3, 32, 32}, 3.0));
     xt::xtensor<float, 3> row = xt::cast<float>(th::randn({1, 1, 70001}, -2.0));
+    xt::xtensor<float, 3> rows = xt::cast<float>(th::randn({64, 7, 301}, 1.0));
     auto agree = [](auto&& one, auto&& two) {
         CHECK(th::rel_err(one.y, two.y) < 2e-6);
         CHECK(th::rel_err(one.rstd, two.rstd) < 2e-6);
@@ -121,6 +122,14 @@ TEST_CASE("one and two threads agree, on kept-index and split-reduction plans") 
     agree(forward(layer_norm{}, named<B, T, D>(row), threads(1)), forward(layer_norm{}, named<B, T, D>(row), threads(2)));
     agree(forward(group_norm<>{}, named<N, H, W, C>(nhwc), num_groups(3), threads(1)),
           forward(group_norm<>{}, named<N, H, W, C>(nhwc), num_groups(3), threads(2)));
+    for (auto sched : {schedule::fused, schedule::two_sweeps}) {
+        agree(forward(instance_norm{}, named<N, C, H, W>(nchw), threads(1), sched),
+              forward(instance_norm{}, named<N, C, H, W>(nchw), threads(2), sched));
+        agree(forward(batch_norm{}, named<N, C, H, W>(nchw), threads(1), sched),
+              forward(batch_norm{}, named<N, C, H, W>(nchw), threads(2), sched));
+        agree(forward(layer_norm{}, named<B, T, D>(rows), threads(1), sched), forward(layer_norm{}, named<B, T, D>(rows), threads(2), sched));
+        agree(forward(layer_norm{}, named<B, T, D>(row), threads(1), sched), forward(layer_norm{}, named<B, T, D>(row), threads(2), sched));
+    }
     const auto want = ref::norm(describe<batch_norm>(), {"N", "H", "W", "C"}, xt::cast<double>(nhwc), {}, {}, 0, 1e-5);
     CHECK(th::rel_err(forward(batch_norm{}, named<N, H, W, C>(nhwc), threads(2)).y, want.y) < 2e-6);
 }

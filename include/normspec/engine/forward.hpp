@@ -5,7 +5,8 @@
 //      when there are fewer kept indices than threads, split the reduction and merge (Chan);
 //   2. normalize: rstd and gamma folded into one per-statistic scale (beta the shift) when the
 //      parameters live on kept axes, so each element costs a subtract and a multiply-add:
-//      y = (x - mean) * scale + shift; otherwise y = ((x - mean) * rstd) * gamma + beta.
+//      y = (x - mean) * scale + shift; otherwise ((x - mean) * rstd + shift) * gamma + beta.
+//      Outputs larger than the last-level cache are written with streaming stores.
 // Nothing here names an alias: the plan's loop dims are all the kernels see.
 #ifndef NORMSPEC_ENGINE_FORWARD_HPP
 #define NORMSPEC_ENGINE_FORWARD_HPP
@@ -16,6 +17,8 @@
 
 #include <cmath>
 #include <vector>
+
+#include <unistd.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -60,6 +63,9 @@ struct forward_args {
     double momentum = 0.1;
     bool train = true;
     int threads = 0;  // 0: OpenMP's default
+    /// 0: choose; 1: statistics and normalization per kept index (when the batch statistics are
+    /// computed); 2: two sweeps over the whole tensor.
+    int schedule = 0;
 };
 
 namespace detail {
@@ -143,53 +149,62 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
     return out;
 }
 
-/// Per-statistic coefficients of the normalize sweep: y = ((x - mu) - lo) * sc + sh, then * g + bt
-/// when the parameters vary along reduced axes. The mean is carried as mu + lo (lo: what rounding
-/// the double mean to T lost) and subtracted before scaling: with float data at 1e4 + N(0,1),
-/// x - mu is exact, where x * sc - mu * sc, or a float mean alone, would cost 1e-4 of y.
+/// Per-statistic coefficients of the normalize sweep: y = (x - mu) * sc + sh, then * g + bt when
+/// the parameters vary along reduced axes. The mean is subtracted before scaling, and what
+/// rounding it to T lost (mean - mu) is folded into sh: with float data at 1e4 + N(0,1),
+/// x - mu is exact, where x * sc - mean * sc, or a float mean alone, would cost 1e-4 of y.
 template <class T>
 struct coefficients {
-    std::vector<T> mu, lo, sc, sh;
+    std::vector<T> mu, sc, sh;
 };
 
 /// One innermost run: mu/sc/sh step ss, g/bt step sp (g, bt nullptr: none).
-template <class T>
-inline void apply_run(const T* x, T* y, index_t n, index_t sx, index_t sy, const T* mu, const T* lo, const T* sc,
-                      const T* sh, index_t ss, const T* g, const T* bt, index_t sp) {
+template <bool Stream, class T>
+inline void apply_run(const T* x, T* y, index_t n, index_t sx, index_t sy, const T* mu, const T* sc, const T* sh, index_t ss,
+                      const T* g, const T* bt, index_t sp) {
+    using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
     if (sx == 1 && sy == 1) {
-        if (ss == 0 && (g == nullptr || sp == 0)) {
-            const T m = mu[0], l = lo[0];
+        index_t i = 0;
+        if (ss == 0 && (g == nullptr || sp == 0)) {  // planes and rows without parameters along them
             const T a = g ? sc[0] * g[0] : sc[0];
             const T c = (g ? sh[0] * g[0] : sh[0]) + (bt ? bt[0] : T(0));
-#pragma omp simd
-            for (index_t i = 0; i < n; ++i) y[i] = ((x[i] - m) - l) * a + c;
+            const V m(mu[0]), av(a), cv(c);
+            for (; i + L <= n; i += L) simd::store<Stream>(y + i, xsimd::fma(V::load_unaligned(x + i) - m, av, cv));
+            for (; i < n; ++i) y[i] = (x[i] - mu[0]) * a + c;
             return;
         }
         if (ss == 0 && sp == 1) {  // rows with parameters along them (LayerNorm, RMSNorm)
-            const T m = mu[0], l = lo[0], a = sc[0];
+            const V m(mu[0]), a(sc[0]), c(sh[0]);
             if (bt) {
-#pragma omp simd
-                for (index_t i = 0; i < n; ++i) y[i] = (((x[i] - m) - l) * a) * g[i] + bt[i];
+                for (; i + L <= n; i += L) {
+                    const V v = xsimd::fma(V::load_unaligned(x + i) - m, a, c);
+                    simd::store<Stream>(y + i, xsimd::fma(v, V::load_unaligned(g + i), V::load_unaligned(bt + i)));
+                }
+                for (; i < n; ++i) y[i] = ((x[i] - mu[0]) * sc[0] + sh[0]) * g[i] + bt[i];
             } else {
-#pragma omp simd
-                for (index_t i = 0; i < n; ++i) y[i] = (((x[i] - m) - l) * a) * g[i];
+                for (; i + L <= n; i += L)
+                    simd::store<Stream>(y + i, xsimd::fma(V::load_unaligned(x + i) - m, a, c) * V::load_unaligned(g + i));
+                for (; i < n; ++i) y[i] = ((x[i] - mu[0]) * sc[0] + sh[0]) * g[i];
             }
             return;
         }
         if (ss == 1 && g == nullptr) {  // columns: a statistic per lane (BatchNorm on NHWC)
-#pragma omp simd
-            for (index_t i = 0; i < n; ++i) y[i] = ((x[i] - mu[i]) - lo[i]) * sc[i] + sh[i];
+            for (; i + L <= n; i += L)
+                simd::store<Stream>(y + i, xsimd::fma(V::load_unaligned(x + i) - V::load_unaligned(mu + i),
+                                                      V::load_unaligned(sc + i), V::load_unaligned(sh + i)));
+            for (; i < n; ++i) y[i] = (x[i] - mu[i]) * sc[i] + sh[i];
             return;
         }
     }
     for (index_t i = 0; i < n; ++i) {
-        T v = ((x[i * sx] - mu[i * ss]) - lo[i * ss]) * sc[i * ss] + sh[i * ss];
+        T v = (x[i * sx] - mu[i * ss]) * sc[i * ss] + sh[i * ss];
         if (g) v = v * g[i * sp] + (bt ? bt[i * sp] : T(0));
         y[i * sy] = v;
     }
 }
 
-template <class T>
+template <bool Stream, class T>
 void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const T* g, const T* bt, int nt) {
     const loop_dim inner = p.apply.back();
     const std::vector<loop_dim> outer(p.apply.begin(), p.apply.end() - 1);
@@ -202,11 +217,88 @@ void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const 
         const auto [ib, ie] = split_outer ? std::pair<index_t, index_t>{0, n} : split(n, t, nt);
         for_range(outer, ob, oe, [&](const offsets& o) {
             const index_t s = o.stat + ib * inner.sstat;
-            apply_run(x + o.x + ib * inner.sx, y + o.y + ib * inner.sy, ie - ib, inner.sx, inner.sy, k.mu.data() + s,
-                      k.lo.data() + s, k.sc.data() + s, k.sh.data() + s, inner.sstat, g ? g + o.param + ib * inner.sparam : nullptr,
-                      bt ? bt + o.param + ib * inner.sparam : nullptr, inner.sparam);
+            apply_run<Stream>(x + o.x + ib * inner.sx, y + o.y + ib * inner.sy, ie - ib, inner.sx, inner.sy, k.mu.data() + s,
+                              k.sc.data() + s, k.sh.data() + s, inner.sstat, g ? g + o.param + ib * inner.sparam : nullptr,
+                              bt ? bt + o.param + ib * inner.sparam : nullptr, inner.sparam);
         });
+        if constexpr (Stream) simd::fence();
     }
+}
+
+/// What one kept index's data spans (its slab) is small enough to stay in cache between its
+/// statistics and its normalization, and there are kept indices for every thread.
+inline constexpr double fuse_slab_bytes = 1024.0 * 1024;
+
+template <class T>
+bool fusable(const plan& p, int nt) {
+    index_t nk = 1, slab = 1;
+    for (std::size_t i = 0; i < p.fused.size(); ++i) {
+        const loop_dim& d = p.fused[i];
+        if (d.reduced || i + 1 == p.fused.size()) slab *= d.extent;
+        else nk *= d.extent;
+    }
+    return nk >= nt && double(slab) * sizeof(T) <= fuse_slab_bytes;
+}
+
+/// Statistics and normalization per kept index, while its slab is in cache: x is read from
+/// memory once. `known(s, moments, param offset)` turns each statistic into coefficients.
+template <bool Rms, class T, class Known>
+void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, const T* bt, int nt, bool stream, Known&& known) {
+    const loop_dim inner = p.fused.back();
+    std::vector<loop_dim> K, R;
+    for (std::size_t i = 0; i + 1 < p.fused.size(); ++i) (p.fused[i].reduced ? R : K).push_back(p.fused[i]);
+    const index_t nk = count_of(K), nr = count_of(R), n = inner.extent;
+    const index_t per_k = inner.reduced ? 1 : n;
+    const index_t ss = inner.reduced ? 0 : inner.sstat;
+#pragma omp parallel num_threads(nt)
+    {
+        const auto [kb, ke] = split(nk, thread_id(), nt);
+        std::vector<moments> acc(per_k);
+        std::vector<double> mean(n), m2(n), scratch(2 * n);
+        std::vector<const T*> rows;
+        for_range(K, kb, ke, [&](const offsets& kk) {
+            std::fill(acc.begin(), acc.end(), moments{});
+            if (inner.reduced) {
+                for_range(R, 0, nr, [&](const offsets& r) { accumulate_run<Rms>(x + kk.x + r.x, n, inner.sx, acc[0]); });
+            } else {
+                const index_t block = std::max<index_t>(1, std::min<index_t>(64, 16384 / std::max<index_t>(n, 1)));
+                std::fill(mean.begin(), mean.end(), 0.0);
+                std::fill(m2.begin(), m2.end(), 0.0);
+                double count = 0;
+                auto flush = [&] {
+                    accumulate_block<Rms>(rows.data(), index_t(rows.size()), n, inner.sx, count, mean.data(), m2.data(),
+                                          scratch.data());
+                    rows.clear();
+                };
+                for_range(R, 0, nr, [&](const offsets& r) {
+                    rows.push_back(x + kk.x + r.x);
+                    if (index_t(rows.size()) == block) flush();
+                });
+                if (!rows.empty()) flush();
+                for (index_t j = 0; j < n; ++j) acc[j].template merge<Rms>(count, mean[j], m2[j]);
+            }
+            for (index_t j = 0; j < per_k; ++j) known(kk.stat + j * ss, acc[j], kk.param + j * inner.sparam);
+            for_range(R, 0, nr, [&](const offsets& r) {
+                const auto run = [&](auto stream_tag) {
+                    apply_run<decltype(stream_tag)::value>(x + kk.x + r.x, y + kk.y + r.y, n, inner.sx, inner.sy,
+                                                           k.mu.data() + kk.stat, k.sc.data() + kk.stat, k.sh.data() + kk.stat,
+                                                           ss, g ? g + kk.param + r.param : nullptr,
+                                                           bt ? bt + kk.param + r.param : nullptr, inner.sparam);
+                };
+                stream ? run(std::true_type{}) : run(std::false_type{});
+            });
+        });
+        if (stream) simd::fence();
+    }
+}
+
+/// The last-level cache, as the OS reports it (32 MiB if it does not).
+inline double llc_bytes() {
+    static const double bytes = [] {
+        const long l3 = ::sysconf(_SC_LEVEL3_CACHE_SIZE);
+        return l3 > 0 ? double(l3) : 32.0 * 1024 * 1024;
+    }();
+    return bytes;
 }
 
 }  // namespace detail
@@ -235,38 +327,59 @@ void forward(const spec_desc& spec, const binding& b, const forward_args<T>& a) 
 
     if (total == 0) return;  // an empty kept axis: no statistic, nothing to normalize
     const auto n = static_cast<std::size_t>(b.stat_count);
-    detail::coefficients<T> k{std::vector<T>(n), std::vector<T>(n), std::vector<T>(n), std::vector<T>(n, T(0))};
-    auto store = [&](index_t s, double mean, double rstd) {
-        k.mu[s] = T(mean);
-        k.lo[s] = T(mean - double(k.mu[s]));
-        k.sc[s] = T(rstd);
+    detail::coefficients<T> k{std::vector<T>(n), std::vector<T>(n), std::vector<T>(n, T(0))};
+    const bool stream = 2.0 * double(total) * sizeof(T) > detail::llc_bytes() && a.y.data != a.x.data;
+    const T* gp = has_params && !p.fold ? g : nullptr;  // parameters left for the normalize sweep
+    const T* bp = has_params && !p.fold ? bt : nullptr;
+
+    // A statistic is known: save it, update the running estimate, and make its coefficients
+    // (gamma and beta folded in when they live on kept axes; pidx is then their offset).
+    auto known = [&](index_t s, double mean, double var, double unbiased, index_t pidx) {
+        const double rstd = 1.0 / std::sqrt(var + a.eps);
         if (a.save_mean) a.save_mean[s] = T(mean);
         if (a.save_rstd) a.save_rstd[s] = T(rstd);
+        if (running && spec.couples_batch && a.train) {
+            const double mom = a.momentum;
+            a.running_mean[s] = T((1 - mom) * double(a.running_mean[s]) + mom * mean);
+            a.running_var[s] = T((1 - mom) * double(a.running_var[s]) + mom * unbiased);
+        }
+        double scale = rstd, shift = 0;
+        if (p.fold) {
+            scale *= double(g[pidx]);
+            shift = bt ? double(bt[pidx]) : 0.0;
+        }
+        k.mu[s] = T(mean);
+        k.sc[s] = T(scale);
+        k.sh[s] = T(shift - (mean - double(k.mu[s])) * scale);  // what rounding the mean lost
     };
+    auto from_moments = [&](index_t s, const moments& m, index_t pidx) {
+        known(s, spec.rms ? 0.0 : m.mean, m.variance(), m.unbiased_variance(), pidx);
+    };
+
+    const bool fuse = a.schedule == 1 || (a.schedule == 0 && detail::fusable<T>(p, nt));
+    if (!use_running && fuse) {
+        if (spec.rms)
+            detail::fused<true>(p, a.x.data, a.y.data, k, gp, bp, nt, stream, from_moments);
+        else
+            detail::fused<false>(p, a.x.data, a.y.data, k, gp, bp, nt, stream, from_moments);
+        return;
+    }
+
+    // two sweeps: every statistic first, then every element
+    std::vector<index_t> param_of(p.fold ? n : 0);
+    if (p.fold) for_range(p.kept, 0, count_of(p.kept), [&](const offsets& o) { param_of[o.stat] = o.param; });
     if (use_running) {
         for (index_t s = 0; s < b.stat_count; ++s)
-            store(s, double(a.running_mean[s]), 1.0 / std::sqrt(double(a.running_var[s]) + a.eps));
+            known(s, double(a.running_mean[s]), double(a.running_var[s]), 0.0, p.fold ? param_of[s] : 0);
     } else {
         const auto m = spec.rms ? detail::statistics<true>(p, a.x.data, b.stat_count, nt)
                                 : detail::statistics<false>(p, a.x.data, b.stat_count, nt);
-        for (index_t s = 0; s < b.stat_count; ++s) {
-            const double mean = spec.rms ? 0.0 : m[s].mean;
-            store(s, mean, 1.0 / std::sqrt(m[s].variance() + a.eps));
-            if (running && spec.couples_batch) {
-                const double mom = a.momentum;
-                a.running_mean[s] = T((1 - mom) * double(a.running_mean[s]) + mom * mean);
-                a.running_var[s] = T((1 - mom) * double(a.running_var[s]) + mom * m[s].unbiased_variance());
-            }
-        }
+        for (index_t s = 0; s < b.stat_count; ++s) from_moments(s, m[s], p.fold ? param_of[s] : 0);
     }
-    if (p.fold) {  // parameters on kept axes: y = (x - mean) * (gamma * rstd) + beta
-        for_range(p.kept, 0, count_of(p.kept), [&](const offsets& o) {
-            k.sc[o.stat] *= g[o.param];
-            k.sh[o.stat] = bt ? bt[o.param] : T(0);
-        });
-        g = bt = nullptr;
-    }
-    detail::normalize(p, a.x.data, a.y.data, k, has_params ? g : nullptr, has_params ? bt : nullptr, nt);
+    if (stream)
+        detail::normalize<true>(p, a.x.data, a.y.data, k, gp, bp, nt);
+    else
+        detail::normalize<false>(p, a.x.data, a.y.data, k, gp, bp, nt);
 }
 
 }  // namespace normspec::engine

@@ -8,6 +8,7 @@
 #ifndef NORMSPEC_ENGINE_MOMENTS_HPP
 #define NORMSPEC_ENGINE_MOMENTS_HPP
 
+#include "simd.hpp"
 #include "strided.hpp"
 
 #include <algorithm>
@@ -41,48 +42,42 @@ struct moments {
     double unbiased_variance() const { return count > 1 ? m2 / (count - 1) : 0.0; }
 };
 
-inline constexpr index_t chunk = 512;
+inline constexpr index_t chunk = 2048;  // 8 KiB of float: a chunk's second read hits L1
 
-/// Moments of n values x[0], x[s], ..., merged into m. Contiguous runs vectorize.
+/// Moments of n values x[0], x[s], ..., merged into m. Contiguous runs use the vector kernels:
+/// per chunk, the sum (four chains), the chunk mean, then squared deviations from it, in T;
+/// chunks merge in double. Strided runs take the same steps one value at a time, in double.
 template <bool Rms, class T>
 inline void accumulate_run(const T* x, index_t n, index_t s, moments& m) {
     for (index_t c0 = 0; c0 < n; c0 += chunk) {
         const index_t len = std::min(chunk, n - c0);
         const T* p = x + c0 * s;
+        if (s == 1) {
+            if constexpr (Rms) {
+                m.merge<true>(double(len), 0.0, double(simd::squares(p, len)));
+            } else {
+                const T mc = T(double(simd::sum(p, len)) / double(len));
+                T q, r;
+                simd::deviations(p, len, mc, q, r);
+                // r is the rounding residue of mc; removing r^2/len makes q exact to second order.
+                m.merge<false>(double(len), double(mc) + double(r) / double(len), double(q) - double(r) * double(r) / double(len));
+            }
+            continue;
+        }
         if constexpr (Rms) {
             double q = 0;
-            if (s == 1) {
-#pragma omp simd reduction(+ : q)
-                for (index_t i = 0; i < len; ++i) q += double(p[i]) * double(p[i]);
-            } else {
-                for (index_t i = 0; i < len; ++i) q += double(p[i * s]) * double(p[i * s]);
-            }
+            for (index_t i = 0; i < len; ++i) q += double(p[i * s]) * double(p[i * s]);
             m.merge<true>(double(len), 0.0, q);
         } else {
             double sum = 0;
-            if (s == 1) {
-#pragma omp simd reduction(+ : sum)
-                for (index_t i = 0; i < len; ++i) sum += double(p[i]);
-            } else {
-                for (index_t i = 0; i < len; ++i) sum += double(p[i * s]);
-            }
+            for (index_t i = 0; i < len; ++i) sum += double(p[i * s]);
             const double mc = sum / double(len);
             double q = 0, r = 0;
-            if (s == 1) {
-#pragma omp simd reduction(+ : q, r)
-                for (index_t i = 0; i < len; ++i) {
-                    const double d = double(p[i]) - mc;
-                    q += d * d;
-                    r += d;
-                }
-            } else {
-                for (index_t i = 0; i < len; ++i) {
-                    const double d = double(p[i * s]) - mc;
-                    q += d * d;
-                    r += d;
-                }
+            for (index_t i = 0; i < len; ++i) {
+                const double d = double(p[i * s]) - mc;
+                q += d * d;
+                r += d;
             }
-            // r is the rounding residue of mc; removing r^2/len makes q exact to second order.
             m.merge<false>(double(len), mc + r / double(len), q - r * r / double(len));
         }
     }

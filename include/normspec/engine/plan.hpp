@@ -145,6 +145,7 @@ struct loop_dim {
 struct plan {
     std::vector<loop_dim> stats;  // statistics sweep, outer to inner
     std::vector<loop_dim> apply;  // normalize sweep, outer to inner
+    std::vector<loop_dim> fused;  // both sweeps per kept index: every stride consistent
     std::vector<loop_dim> kept;   // kept dims before coalescing: maps statistics to parameters
     bool fold = false;            // gamma/beta folded into per-statistic scale and shift
     bool has_params = false;
@@ -225,6 +226,7 @@ plan make_plan(const binding& b, const strided<TX>& x, const strided<TY>& y, boo
     p.stats = detail::coalesce(dims, true, false);
     for (auto& d : dims)
         if (!d.reduced) p.kept.push_back(d);
+    p.fused = detail::coalesce(dims, true, has_params);  // keeps parameter strides: the fold reads them
     if (p.fold)
         for (auto& d : dims) d.sparam = 0;
     p.apply = detail::coalesce(dims, false, has_params && !p.fold);

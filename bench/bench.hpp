@@ -1,0 +1,86 @@
+// bench/bench.hpp
+// The benchmark's vocabulary: a case (norm, layout, shape), an operation, and implementations
+// ("impls") that run a case on preallocated data. Each impl lives in its own translation unit so
+// the heavy peers (libtorch, oneDNN) stay out of the others; all of them are checked against
+// normspec's output before they are timed.
+#ifndef NORMSPEC_BENCH_HPP
+#define NORMSPEC_BENCH_HPP
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace bench {
+
+inline constexpr double llc_bytes = 32.0 * 1024 * 1024;  // this machine's L3
+inline constexpr float eps = 1e-5f;
+inline constexpr float momentum = 0.1f;
+
+enum class op { fwd_train, fwd_eval };
+inline const char* op_name(op o) { return o == op::fwd_train ? "fwd_train" : "fwd_eval"; }
+
+struct bench_case {
+    std::string norm;    // batch_norm, layer_norm_cnn, layer_norm, instance_norm, group_norm, rms_norm
+    std::string layout;  // NCHW, NHWC, TD
+    std::vector<std::int64_t> shape;  // in the logical order N,C,H,W (or T,D), whatever the layout
+    int groups = 0;
+
+    std::int64_t size() const {
+        std::int64_t n = 1;
+        for (auto e : shape) n *= e;
+        return n;
+    }
+    std::int64_t N() const { return shape[0]; }
+    std::int64_t C() const { return shape.size() == 4 ? shape[1] : shape[1]; }
+    std::int64_t HW() const { return shape.size() == 4 ? shape[2] * shape[3] : 1; }
+    bool nhwc() const { return layout == "NHWC"; }
+    std::string shape_name() const {
+        std::string s;
+        for (auto e : shape) s += (s.empty() ? "" : "x") + std::to_string(e);
+        return s;
+    }
+    /// x and y together do not fit in the last-level cache
+    bool out_of_cache() const { return 2.0 * 4.0 * double(size()) > llc_bytes; }
+    /// The statistics of one kept index need the whole tensor (BatchNorm), so out of cache the
+    /// normalize sweep reads x a second time from memory.
+    bool second_read() const { return norm == "batch_norm" && out_of_cache(); }
+    /// Bytes the traffic model says one run moves: x read (once, or twice), y written.
+    double model_bytes() const { return 4.0 * double(size()) * (second_read() ? 3.0 : 2.0); }
+};
+
+/// Inputs of a case, float32, x in the case's memory layout; parameters on the spec's axes.
+struct inputs {
+    std::vector<float> x, gamma, beta, running_mean, running_var;
+    std::int64_t param_size = 0, stat_size = 0;
+};
+
+struct runner {
+    virtual ~runner() = default;
+    virtual void run() = 0;
+    virtual const float* y() const = 0;  // in the case's memory layout
+};
+
+/// An implementation: makes a runner for (case, op, threads), or nullptr where it has no such kernel.
+using factory = std::function<std::unique_ptr<runner>(const bench_case&, op, int threads, const inputs&)>;
+
+std::map<std::string, factory>& registry();
+struct registration {
+    registration(const std::string& name, factory f) { registry()[name] = std::move(f); }
+};
+
+/// A runner over its own copy of y (and running statistics), preallocated.
+struct owned_output : runner {
+    std::vector<float> out, rm, rv;
+    explicit owned_output(const bench_case& c, const inputs& in)
+        : out(static_cast<std::size_t>(c.size())), rm(in.running_mean), rv(in.running_var) {}
+    const float* y() const override { return out.data(); }
+};
+
+void set_threads(int threads);
+
+}  // namespace bench
+
+#endif

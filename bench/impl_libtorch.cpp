@@ -1,0 +1,65 @@
+// libtorch (libtorch-dev 1.13) CPU kernels: at::native_batch_norm,
+// at::native_layer_norm, at::native_group_norm, at::instance_norm; RMSNorm as the composite
+// x * rsqrt(mean(x^2) + eps) * w. NHWC inputs are channels-last tensors over the same memory.
+#include "bench.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+namespace {
+using bench::bench_case;
+
+struct torch_runner : bench::owned_output {
+    const bench_case& c;
+    bench::op o;
+    at::Tensor x, w, b, run_mean, run_var, result;
+    mutable at::Tensor checked;
+
+    torch_runner(const bench_case& c_, bench::op o_, int threads, const bench::inputs& in)
+        : owned_output(c_, in), c(c_), o(o_) {
+        at::set_num_threads(threads);
+        auto f = at::TensorOptions().dtype(at::kFloat);
+        std::vector<std::int64_t> sizes(c.shape.begin(), c.shape.end()), strides;
+        if (c.shape.size() == 4 && c.nhwc()) {
+            const auto C = c.shape[1], H = c.shape[2], W = c.shape[3];
+            strides = {H * W * C, 1, W * C, C};
+        } else {
+            strides.assign(sizes.size(), 1);
+            for (int d = int(sizes.size()) - 2; d >= 0; --d) strides[d] = strides[d + 1] * sizes[d + 1];
+        }
+        x = at::from_blob(const_cast<float*>(in.x.data()), sizes, strides, f);
+        std::vector<std::int64_t> psizes{in.param_size};
+        if (c.norm == "layer_norm_cnn") psizes = {c.shape[1], c.shape[2], c.shape[3]};
+        w = at::from_blob(const_cast<float*>(in.gamma.data()), psizes, f);
+        b = at::from_blob(const_cast<float*>(in.beta.data()), psizes, f);
+        run_mean = at::from_blob(rm.data(), {std::int64_t(rm.size())}, f);
+        run_var = at::from_blob(rv.data(), {std::int64_t(rv.size())}, f);
+    }
+    void run() override {
+        const bool train = o == bench::op::fwd_train;
+        if (c.norm == "batch_norm") {
+            // native_batch_norm.out has no CPU kernel in 1.13: the allocating form it is
+            result = std::get<0>(at::native_batch_norm(x, w, b, run_mean, run_var, train, bench::momentum, bench::eps));
+        } else if (c.norm == "layer_norm") {
+            result = std::get<0>(at::native_layer_norm(x, {c.shape[1]}, w, b, bench::eps));
+        } else if (c.norm == "layer_norm_cnn") {
+            result = std::get<0>(at::native_layer_norm(x, {c.shape[1], c.shape[2], c.shape[3]}, w, b, bench::eps));
+        } else if (c.norm == "group_norm") {
+            result = std::get<0>(at::native_group_norm(x, w, b, c.N(), c.C(), c.HW(), c.groups, bench::eps));
+        } else if (c.norm == "instance_norm") {
+            result = at::instance_norm(x, w, b, {}, {}, true, bench::momentum, bench::eps, false);
+        } else {  // rms_norm
+            result = x * at::rsqrt(x.pow(2).mean(-1, true) + bench::eps) * w;
+        }
+    }
+    const float* y() const override {
+        // in the case's memory layout, for the check (not timed)
+        checked = c.shape.size() == 4 && c.nhwc() ? result.contiguous(at::MemoryFormat::ChannelsLast) : result.contiguous();
+        return checked.data_ptr<float>();
+    }
+};
+
+const bench::registration reg("libtorch", [](const bench_case& c, bench::op o, int t, const bench::inputs& in) {
+    return std::unique_ptr<bench::runner>(std::make_unique<torch_runner>(c, o, t, in));
+});
+}  // namespace
