@@ -71,11 +71,14 @@ struct registration {
     registration(const std::string& name, factory f) { registry()[name] = std::move(f); }
 };
 
-/// A runner over its own copy of y (and running statistics), preallocated.
+/// A runner over its own copy of y (and running statistics), preallocated; keeps its case.
 struct owned_output : runner {
+    const bench_case& c;
+    const inputs& in;
+    op o;
     std::vector<float> out, rm, rv;
-    explicit owned_output(const bench_case& c, const inputs& in)
-        : out(static_cast<std::size_t>(c.size())), rm(in.running_mean), rv(in.running_var) {}
+    owned_output(const bench_case& c_, op o_, const inputs& in_)
+        : c(c_), in(in_), o(o_), out(static_cast<std::size_t>(c_.size())), rm(in_.running_mean), rv(in_.running_var) {}
     const float* y() const override { return out.data(); }
 };
 

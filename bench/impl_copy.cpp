@@ -14,9 +14,8 @@ namespace {
 using bench::bench_case;
 
 struct copy_runner : bench::owned_output {
-    const bench::inputs& in;
     bool streaming;
-    copy_runner(const bench_case& c, const bench::inputs& in_, bool nt) : owned_output(c, in_), in(in_), streaming(nt) {}
+    copy_runner(const bench_case& c_, const bench::inputs& in_, bool nt) : owned_output(c_, bench::op::fwd_train, in_), streaming(nt) {}
     void run() override {
         const std::int64_t n = std::int64_t(out.size());
 #pragma omp parallel

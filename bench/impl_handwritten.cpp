@@ -9,10 +9,7 @@ using bench::bench_case;
 using std::int64_t;
 
 struct hw_runner : bench::owned_output {
-    const bench_case& c;
-    const bench::inputs& in;
-    bench::op o;
-    hw_runner(const bench_case& c_, bench::op o_, const bench::inputs& in_) : owned_output(c_, in_), c(c_), in(in_), o(o_) {}
+    using owned_output::owned_output;
 
     // rows of length n, parameters along the row (LayerNorm, RMSNorm, LayerNorm over C,H,W)
     void rows(int64_t count, int64_t n, bool rms) {

@@ -10,13 +10,11 @@ namespace {
 using bench::bench_case;
 
 struct torch_runner : bench::owned_output {
-    const bench_case& c;
-    bench::op o;
     at::Tensor x, w, b, run_mean, run_var, result;
     mutable at::Tensor checked;
 
     torch_runner(const bench_case& c_, bench::op o_, int threads, const bench::inputs& in)
-        : owned_output(c_, in), c(c_), o(o_) {
+        : owned_output(c_, o_, in) {
         at::set_num_threads(threads);
         auto f = at::TensorOptions().dtype(at::kFloat);
         std::vector<std::int64_t> sizes(c.shape.begin(), c.shape.end()), strides;

@@ -9,13 +9,9 @@ using namespace normspec;
 
 template <class Spec, class... A>
 struct ns_runner : bench::owned_output {
-    const bench::bench_case& c;
-    const bench::inputs& in;
-    bench::op o;
     int threads;
     std::vector<std::size_t> shape;
-    ns_runner(const bench::bench_case& c_, bench::op o_, int t, const bench::inputs& in_)
-        : owned_output(c_, in_), c(c_), in(in_), o(o_), threads(t) {
+    ns_runner(const bench::bench_case& c_, bench::op o_, int t, const bench::inputs& in_) : owned_output(c_, o_, in_), threads(t) {
         if (c.shape.size() == 4 && c.nhwc())
             shape = {std::size_t(c.shape[0]), std::size_t(c.shape[2]), std::size_t(c.shape[3]), std::size_t(c.shape[1])};
         else

@@ -18,7 +18,7 @@ struct dnnl_runner : bench::owned_output {
     std::unordered_map<int, memory> args;
     std::vector<float> gamma, beta, mean, var;
 
-    dnnl_runner(const bench_case& c, bench::op o, const bench::inputs& in) : owned_output(c, in) {
+    dnnl_runner(const bench_case& c_, bench::op o_, const bench::inputs& in_) : owned_output(c_, o_, in_) {
         const bool train = o == bench::op::fwd_train;
         const bool bn = c.norm == "batch_norm", inorm = c.norm == "instance_norm";
         memory::desc md;

@@ -13,10 +13,7 @@ using bench::bench_case;
 using std::size_t;
 
 struct xt_runner : bench::owned_output {
-    const bench_case& c;
-    const bench::inputs& in;
-    bench::op o;
-    xt_runner(const bench_case& c_, bench::op o_, const bench::inputs& in_) : owned_output(c_, in_), c(c_), in(in_), o(o_) {}
+    using owned_output::owned_output;
 
     /// x's shape with the reduced axes set to 1 (what keep_dims would give; keep_dims itself
     /// returns a wrong rank on adaptors in xtensor 0.24.3)

@@ -163,37 +163,34 @@ template <bool Stream, class T>
 inline void apply_run(const T* x, T* y, index_t n, index_t sx, index_t sy, const T* mu, const T* sc, const T* sh, index_t ss,
                       const T* g, const T* bt, index_t sp) {
     using V = simd::vec<T>;
-    constexpr index_t L = simd::width<T>;
     if (sx == 1 && sy == 1) {
-        index_t i = 0;
+        auto load = [](const T* p, index_t i) { return V::load_unaligned(p + i); };
         if (ss == 0 && (g == nullptr || sp == 0)) {  // planes and rows without parameters along them
-            const T a = g ? sc[0] * g[0] : sc[0];
+            const T m = mu[0], a = g ? sc[0] * g[0] : sc[0];
             const T c = (g ? sh[0] * g[0] : sh[0]) + (bt ? bt[0] : T(0));
-            const V m(mu[0]), av(a), cv(c);
-            for (; i + L <= n; i += L) simd::store<Stream>(y + i, xsimd::fma(V::load_unaligned(x + i) - m, av, cv));
-            for (; i < n; ++i) y[i] = (x[i] - mu[0]) * a + c;
+            const V mv(m), av(a), cv(c);
+            simd::for_each_store<Stream>(
+                y, n, [&](index_t i) { return (x[i] - m) * a + c; },
+                [&](index_t i) { return xsimd::fma(load(x, i) - mv, av, cv); });
             return;
         }
         if (ss == 0 && sp == 1) {  // rows with parameters along them (LayerNorm, RMSNorm)
-            const V m(mu[0]), a(sc[0]), c(sh[0]);
-            if (bt) {
-                for (; i + L <= n; i += L) {
-                    const V v = xsimd::fma(V::load_unaligned(x + i) - m, a, c);
-                    simd::store<Stream>(y + i, xsimd::fma(v, V::load_unaligned(g + i), V::load_unaligned(bt + i)));
-                }
-                for (; i < n; ++i) y[i] = ((x[i] - mu[0]) * sc[0] + sh[0]) * g[i] + bt[i];
-            } else {
-                for (; i + L <= n; i += L)
-                    simd::store<Stream>(y + i, xsimd::fma(V::load_unaligned(x + i) - m, a, c) * V::load_unaligned(g + i));
-                for (; i < n; ++i) y[i] = ((x[i] - mu[0]) * sc[0] + sh[0]) * g[i];
-            }
+            const T m = mu[0], a = sc[0], c = sh[0];
+            const V mv(m), av(a), cv(c);
+            if (bt)
+                simd::for_each_store<Stream>(
+                    y, n, [&](index_t i) { return ((x[i] - m) * a + c) * g[i] + bt[i]; },
+                    [&](index_t i) { return xsimd::fma(xsimd::fma(load(x, i) - mv, av, cv), load(g, i), load(bt, i)); });
+            else
+                simd::for_each_store<Stream>(
+                    y, n, [&](index_t i) { return ((x[i] - m) * a + c) * g[i]; },
+                    [&](index_t i) { return xsimd::fma(load(x, i) - mv, av, cv) * load(g, i); });
             return;
         }
         if (ss == 1 && g == nullptr) {  // columns: a statistic per lane (BatchNorm on NHWC)
-            for (; i + L <= n; i += L)
-                simd::store<Stream>(y + i, xsimd::fma(V::load_unaligned(x + i) - V::load_unaligned(mu + i),
-                                                      V::load_unaligned(sc + i), V::load_unaligned(sh + i)));
-            for (; i < n; ++i) y[i] = (x[i] - mu[i]) * sc[i] + sh[i];
+            simd::for_each_store<Stream>(
+                y, n, [&](index_t i) { return (x[i] - mu[i]) * sc[i] + sh[i]; },
+                [&](index_t i) { return xsimd::fma(load(x, i) - load(mu, i), load(sc, i), load(sh, i)); });
             return;
         }
     }

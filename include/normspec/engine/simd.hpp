@@ -9,6 +9,7 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #if defined(__AVX__)
 #include <immintrin.h>
@@ -22,23 +23,35 @@ using vec = xsimd::batch<T>;
 template <class T>
 inline constexpr index_t width = index_t(vec<T>::size);
 
-/// sum of p[0..n)
-template <class T>
-inline T sum(const T* p, index_t n) {
+/// f folded over p[0..n) with four independent accumulator chains: acc = f(acc, x)
+template <class T, class F>
+inline T fold4(const T* p, index_t n, F f) {
     using V = vec<T>;
     constexpr index_t L = width<T>;
     V a(T(0)), b(T(0)), c(T(0)), d(T(0));
     index_t i = 0;
     for (; i + 4 * L <= n; i += 4 * L) {
-        a += V::load_unaligned(p + i);
-        b += V::load_unaligned(p + i + L);
-        c += V::load_unaligned(p + i + 2 * L);
-        d += V::load_unaligned(p + i + 3 * L);
+        a = f(a, V::load_unaligned(p + i));
+        b = f(b, V::load_unaligned(p + i + L));
+        c = f(c, V::load_unaligned(p + i + 2 * L));
+        d = f(d, V::load_unaligned(p + i + 3 * L));
     }
-    for (; i + L <= n; i += L) a += V::load_unaligned(p + i);
+    for (; i + L <= n; i += L) a = f(a, V::load_unaligned(p + i));
     T s = xsimd::hadd((a + b) + (c + d));
-    for (; i < n; ++i) s += p[i];
+    for (; i < n; ++i) s = f(s, p[i]);
     return s;
+}
+
+/// sum of p[0..n)
+template <class T>
+inline T sum(const T* p, index_t n) {
+    return fold4(p, n, [](auto acc, auto x) { return acc + x; });
+}
+
+/// sum of p[i]^2 over [0, n)
+template <class T>
+inline T squares(const T* p, index_t n) {
+    return fold4(p, n, [](auto acc, auto x) { return xsimd::fma(x, x, acc); });
 }
 
 /// sum of (p[i] - m)^2 and of (p[i] - m) over [0, n)
@@ -70,30 +83,6 @@ inline void deviations(const T* p, index_t n, T m, T& sq, T& lin) {
     }
 }
 
-/// sum of p[i]^2 over [0, n)
-template <class T>
-inline T squares(const T* p, index_t n) {
-    using V = vec<T>;
-    constexpr index_t L = width<T>;
-    V a(T(0)), b(T(0)), c(T(0)), d(T(0));
-    index_t i = 0;
-    for (; i + 4 * L <= n; i += 4 * L) {
-        const V x0 = V::load_unaligned(p + i), x1 = V::load_unaligned(p + i + L);
-        const V x2 = V::load_unaligned(p + i + 2 * L), x3 = V::load_unaligned(p + i + 3 * L);
-        a = xsimd::fma(x0, x0, a);
-        b = xsimd::fma(x1, x1, b);
-        c = xsimd::fma(x2, x2, c);
-        d = xsimd::fma(x3, x3, d);
-    }
-    for (; i + L <= n; i += L) {
-        const V x0 = V::load_unaligned(p + i);
-        a = xsimd::fma(x0, x0, a);
-    }
-    T s = xsimd::hadd((a + b) + (c + d));
-    for (; i < n; ++i) s += p[i] * p[i];
-    return s;
-}
-
 /// Stores v at p: a streaming (non-temporal) store when Stream and p is vector-aligned.
 template <bool Stream, class T>
 inline void store(T* p, const vec<T>& v) {
@@ -120,6 +109,24 @@ inline void store(T* p, const vec<T>& v) {
     }
 #endif
     v.store_unaligned(p);
+}
+
+/// y[i] = scalar(i) or, a vector at a time, vector(i) for i in [0, n). With Stream, a scalar head
+/// first brings y to vector alignment (large allocations are only 16-byte aligned), so the body's
+/// stores can stream.
+template <bool Stream, class T, class Scalar, class Vector>
+inline void for_each_store(T* y, index_t n, Scalar&& scalar, Vector&& vector) {
+    constexpr index_t L = width<T>;
+    index_t i = 0;
+    if constexpr (Stream) {
+        const auto bytes = reinterpret_cast<std::uintptr_t>(y) % (L * sizeof(T));
+        if (bytes % sizeof(T) == 0 && bytes != 0) {
+            const index_t head = std::min<index_t>(n, index_t((L * sizeof(T) - bytes) / sizeof(T)));
+            for (; i < head; ++i) y[i] = scalar(i);
+        }
+    }
+    for (; i + L <= n; i += L) store<Stream>(y + i, vector(i));
+    for (; i < n; ++i) y[i] = scalar(i);
 }
 
 /// Orders streaming stores before what follows (a no-op without them).
