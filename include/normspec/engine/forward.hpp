@@ -90,7 +90,8 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
             return;
         }
         const index_t block = std::max<index_t>(1, std::min<index_t>(64, 16384 / std::max<index_t>(n, 1)));
-        std::vector<double> mean(n, 0.0), m2(n, 0.0), scratch(2 * n);
+        std::vector<double> mean(n, 0.0), m2(n, 0.0);
+        std::vector<T> scratch(3 * n);
         std::vector<const T*> rows;
         rows.reserve(block);
         double count = 0;
@@ -239,8 +240,75 @@ bool fusable(const plan& p, int nt) {
 
 /// Statistics and normalization per kept index, while its slab is in cache: x is read from
 /// memory once. `known(s, moments, param offset)` turns each statistic into coefficients.
+/// The innermost two loops are a kept group index over a short reduced member run, contiguous in
+/// x and y (GroupNorm on channels-last data): [.., keep G(C), reduce C/G].
+inline bool grouped_columns(const plan& p) {
+    if (p.fused.size() < 2) return false;
+    const loop_dim& m = p.fused.back();
+    const loop_dim& gd = p.fused[p.fused.size() - 2];
+    // a long run is better served by the rows kernel (BatchNorm and InstanceNorm on NCHW have
+    // the same shape: a kept channel over a contiguous H*W)
+    return m.reduced && !gd.reduced && m.sx == 1 && m.sy == 1 && gd.sx == m.extent && gd.sy == m.extent &&
+           m.extent <= 4 * simd::width<float>;
+}
+
+/// GroupNorm on channels-last data, per kept index: per-channel column moments over the reduced
+/// rows, each group's channels merged (Chan), then one multiply-add per element with per-channel
+/// coefficients rstd_g * gamma_c. A group's run of C/G channels is too short to vectorize alone.
+template <bool Rms, class T, class Known>
+void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, const T* bt, int nt, bool stream,
+                           Known&& known) {
+    const loop_dim member = p.fused.back(), gd = p.fused[p.fused.size() - 2];
+    std::vector<loop_dim> K, R;
+    for (std::size_t i = 0; i + 2 < p.fused.size(); ++i) (p.fused[i].reduced ? R : K).push_back(p.fused[i]);
+    const index_t nk = count_of(K), nr = count_of(R), cg = member.extent, groups = gd.extent, n = cg * groups;
+    const index_t block = std::max<index_t>(1, std::min<index_t>(64, 16384 / n));
+#pragma omp parallel num_threads(nt)
+    {
+        const auto [kb, ke] = split(nk, thread_id(), nt);
+        std::vector<double> mean(n), m2(n);
+        std::vector<T> scratch(3 * n), cm(n), csc(n), csh(n);
+        std::vector<const T*> rows;
+        for_range(K, kb, ke, [&](const offsets& kk) {
+            std::fill(mean.begin(), mean.end(), 0.0);
+            std::fill(m2.begin(), m2.end(), 0.0);
+            double count = 0;
+            auto flush = [&] {
+                accumulate_block<Rms>(rows.data(), index_t(rows.size()), n, 1, count, mean.data(), m2.data(), scratch.data());
+                rows.clear();
+            };
+            for_range(R, 0, nr, [&](const offsets& r) {
+                rows.push_back(x + kk.x + r.x);
+                if (index_t(rows.size()) == block) flush();
+            });
+            if (!rows.empty()) flush();
+            for (index_t gi = 0; gi < groups; ++gi) {
+                moments m;
+                for (index_t c = gi * cg; c < (gi + 1) * cg; ++c) m.template merge<Rms>(count, mean[c], m2[c]);
+                const index_t st = kk.stat + gi * gd.sstat;
+                known(st, m, kk.param + gi * gd.sparam);  // with folded parameters they live on kept axes
+                for (index_t j = 0; j < cg; ++j) {
+                    const index_t c = gi * cg + j, pi = kk.param + gi * gd.sparam + j * member.sparam;
+                    const T gamma = g ? g[pi] : T(1);
+                    cm[c] = k.mu[st];
+                    csc[c] = k.sc[st] * gamma;
+                    csh[c] = k.sh[st] * gamma + (bt ? bt[pi] : T(0));
+                }
+            }
+            for_range(R, 0, nr, [&](const offsets& r) {
+                if (stream)
+                    apply_run<true, T>(x + kk.x + r.x, y + kk.y + r.y, n, 1, 1, cm.data(), csc.data(), csh.data(), 1, nullptr, nullptr, 0);
+                else
+                    apply_run<false, T>(x + kk.x + r.x, y + kk.y + r.y, n, 1, 1, cm.data(), csc.data(), csh.data(), 1, nullptr, nullptr, 0);
+            });
+        });
+        if (stream) simd::fence();
+    }
+}
+
 template <bool Rms, class T, class Known>
 void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, const T* bt, int nt, bool stream, Known&& known) {
+    if (grouped_columns(p)) return fused_grouped_columns<Rms>(p, x, y, k, g, bt, nt, stream, known);
     const loop_dim inner = p.fused.back();
     std::vector<loop_dim> K, R;
     for (std::size_t i = 0; i + 1 < p.fused.size(); ++i) (p.fused[i].reduced ? R : K).push_back(p.fused[i]);
@@ -251,7 +319,8 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
     {
         const auto [kb, ke] = split(nk, thread_id(), nt);
         std::vector<moments> acc(per_k);
-        std::vector<double> mean(n), m2(n), scratch(2 * n);
+        std::vector<double> mean(n), m2(n);
+        std::vector<T> scratch(3 * n);
         std::vector<const T*> rows;
         for_range(K, kb, ke, [&](const offsets& kk) {
             std::fill(acc.begin(), acc.end(), moments{});

@@ -83,66 +83,57 @@ inline void accumulate_run(const T* x, index_t n, index_t s, moments& m) {
     }
 }
 
-/// Column moments: `rows` rows of n values (row r at x + r*rs, value j at + j*s) merged into
-/// per-column accumulators (count shared, mean[j], m2[j]). Blocked so a block's second read hits L1.
+/// Column moments: `rows` rows of n values (row r at row_ptrs[r], value j at + j*s) merged into
+/// per-column accumulators (count shared, mean[j], m2[j], in double). The block's sums, its
+/// per-column mean and the squared deviations from it are taken in T, a vector of columns at a
+/// time when s == 1 (the block stays in L1 for its second read); `scratch` holds 3n values of T.
 template <bool Rms, class T>
-inline void accumulate_block(const T* const* row_ptrs, index_t rows, index_t n, index_t s, double& count,
-                               double* mean, double* m2, double* scratch) {
-    const index_t block = std::max<index_t>(1, std::min<index_t>(64, (16384 / std::max<index_t>(n, 1))));
-    for (index_t r0 = 0; r0 < rows; r0 += block) {
-        const index_t nr = std::min(block, rows - r0);
-        double* bsum = scratch;  // n values
-        std::fill(bsum, bsum + n, 0.0);
-        if constexpr (Rms) {
-            for (index_t r = r0; r < r0 + nr; ++r) {
-                const T* p = row_ptrs[r];
-                if (s == 1) {
-#pragma omp simd
-                    for (index_t j = 0; j < n; ++j) bsum[j] += double(p[j]) * double(p[j]);
-                } else {
-                    for (index_t j = 0; j < n; ++j) bsum[j] += double(p[j * s]) * double(p[j * s]);
-                }
-            }
-            for (index_t j = 0; j < n; ++j) m2[j] += bsum[j];
-            count += double(nr);
-        } else {
-            for (index_t r = r0; r < r0 + nr; ++r) {
-                const T* p = row_ptrs[r];
-                if (s == 1) {
-#pragma omp simd
-                    for (index_t j = 0; j < n; ++j) bsum[j] += double(p[j]);
-                } else {
-                    for (index_t j = 0; j < n; ++j) bsum[j] += double(p[j * s]);
-                }
-            }
-            const double inv = 1.0 / double(nr);
-            for (index_t j = 0; j < n; ++j) bsum[j] *= inv;  // block means
-            double* bq = scratch + n;
-            std::fill(bq, bq + n, 0.0);
-            for (index_t r = r0; r < r0 + nr; ++r) {
-                const T* p = row_ptrs[r];
-                if (s == 1) {
-#pragma omp simd
-                    for (index_t j = 0; j < n; ++j) {
-                        const double d = double(p[j]) - bsum[j];
-                        bq[j] += d * d;
-                    }
-                } else {
-                    for (index_t j = 0; j < n; ++j) {
-                        const double d = double(p[j * s]) - bsum[j];
-                        bq[j] += d * d;
-                    }
-                }
-            }
-            const double na = count, nb = double(nr), nn = na + nb;
-#pragma omp simd
-            for (index_t j = 0; j < n; ++j) {
-                const double delta = bsum[j] - mean[j];
-                mean[j] += delta * (nb / nn);
-                m2[j] += bq[j] + delta * delta * (na * nb / nn);
-            }
-            count = nn;
+inline void accumulate_block(const T* const* row_ptrs, index_t rows, index_t n, index_t s, double& count, double* mean,
+                             double* m2, T* scratch) {
+    using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
+    T* bs = scratch;          // block sums, then block means
+    T* bq = scratch + n;      // squared deviations (rms: squares)
+    T* br = scratch + 2 * n;  // deviations: the rounding residue of the block mean
+    std::fill(scratch, scratch + 3 * n, T(0));
+    const index_t nv = s == 1 ? n - n % L : 0;  // columns taken a vector at a time
+    auto each_row = [&](auto&& vec_op, auto&& scalar_op) {
+        for (index_t r = 0; r < rows; ++r) {
+            const T* p = row_ptrs[r];
+            for (index_t j = 0; j < nv; j += L) vec_op(j, V::load_unaligned(p + j));
+            for (index_t j = nv; j < n; ++j) scalar_op(j, p[j * s]);
         }
+    };
+    if constexpr (Rms) {
+        each_row([&](index_t j, V x) { xsimd::fma(x, x, V::load_unaligned(bq + j)).store_unaligned(bq + j); },
+                 [&](index_t j, T x) { bq[j] += x * x; });
+        for (index_t j = 0; j < n; ++j) m2[j] += double(bq[j]);
+        count += double(rows);
+        return;
+    } else {
+        each_row([&](index_t j, V x) { (V::load_unaligned(bs + j) + x).store_unaligned(bs + j); }, [&](index_t j, T x) { bs[j] += x; });
+        const T inv = T(1) / T(rows);
+        for (index_t j = 0; j < n; ++j) bs[j] *= inv;
+        each_row(
+            [&](index_t j, V x) {
+                const V d = x - V::load_unaligned(bs + j);
+                xsimd::fma(d, d, V::load_unaligned(bq + j)).store_unaligned(bq + j);
+                (V::load_unaligned(br + j) + d).store_unaligned(br + j);
+            },
+            [&](index_t j, T x) {
+                const T d = x - bs[j];
+                bq[j] += d * d;
+                br[j] += d;
+            });
+        const double na = count, nb = double(rows), nn = na + nb;
+        for (index_t j = 0; j < n; ++j) {
+            const double r = double(br[j]);
+            const double bmean = double(bs[j]) + r / nb, bm2 = double(bq[j]) - r * r / nb;
+            const double delta = bmean - mean[j];
+            mean[j] += delta * (nb / nn);
+            m2[j] += bm2 + delta * delta * (na * nb / nn);
+        }
+        count = nn;
     }
 }
 
