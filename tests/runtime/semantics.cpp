@@ -7,6 +7,10 @@
 #include <xtensor/xfixed.hpp>
 #include <xtensor/xmanipulation.hpp>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 using namespace normspec;
 
 TEST_CASE("batch_norm training updates running statistics with momentum and the unbiased variance") {
@@ -132,6 +136,39 @@ TEST_CASE("one and two threads agree, on kept-index and split-reduction plans") 
     }
     const auto want = ref::norm(describe<batch_norm>(), {"N", "H", "W", "C"}, xt::cast<double>(nhwc), {}, {}, 0, 1e-5);
     CHECK(th::rel_err(forward(batch_norm{}, named<N, H, W, C>(nhwc), threads(2)).y, want.y) < 2e-6);
+}
+
+TEST_CASE("work is split by the team OpenMP actually gives, not by the threads asked for") {
+    // With a thread limit of 1, asking for 4 threads gets a team of 1; every element must still be done.
+    xt::xtensor<float, 4> x = xt::cast<float>(th::randn({4, 16, 32, 32}, 2.0));
+    xt::xtensor<float, 4> nhwc = xt::transpose(x, {0, 2, 3, 1});
+    const auto want = forward(batch_norm{}, named<N, C, H, W>(x), threads(1)).y;
+    const auto want_gn = forward(group_norm<4>{}, named<N, H, W, C>(nhwc), threads(1)).y;
+    const auto want_ln = forward(layer_norm{}, named<B, T, D>(xt::xtensor<float, 3>(xt::reshape_view(x, {64, 32, 32})))).y;
+#ifdef _OPENMP
+    const int limit = omp_get_thread_limit();
+    (void)limit;
+#endif
+    int team_seen = 0;
+#pragma omp parallel num_threads(2)
+    {
+#pragma omp single
+        {
+            // inside a parallel region (nested parallelism off), every inner region has a team of 1
+#ifdef _OPENMP
+            team_seen = omp_get_num_threads();
+#endif
+            for (auto sched : {schedule::fused, schedule::two_sweeps}) {
+                CHECK(th::rel_err(forward(batch_norm{}, named<N, C, H, W>(x), threads(4), sched).y, want) < 2e-6);
+                CHECK(th::rel_err(forward(group_norm<4>{}, named<N, H, W, C>(nhwc), threads(4), sched).y, want_gn) < 2e-6);
+                xt::xtensor<float, 3> seq = xt::reshape_view(x, {64, 32, 32});
+                CHECK(th::rel_err(forward(layer_norm{}, named<B, T, D>(seq), threads(4), sched).y, want_ln) < 2e-6);
+                CHECK(th::rel_err(forward(batch_norm{}, named<N, H, W, C>(nhwc), threads(4), sched).y,
+                                  xt::transpose(want, {0, 2, 3, 1})) < 2e-6);
+            }
+        }
+    }
+    CHECK(team_seen >= 1);
 }
 
 TEST_CASE("the large-offset input keeps its variance in float32") {

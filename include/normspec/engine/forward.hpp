@@ -33,6 +33,15 @@ inline int max_threads() {
     return 1;
 #endif
 }
+/// The size of the team actually running: OpenMP may give fewer threads than asked for (dynamic
+/// adjustment, nesting, thread limits), so work is always split by this, never by the request.
+inline int team_size() {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
 inline int thread_id() {
 #ifdef _OPENMP
     return omp_get_thread_num();
@@ -111,7 +120,7 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
     if (nk >= nt || nt == 1) {
 #pragma omp parallel num_threads(nt)
         {
-            const auto [b, e] = split(nk, thread_id(), nt);
+            const auto [b, e] = split(nk, thread_id(), team_size());
             for_range(K, b, e, [&](const offsets& k) {
                 std::vector<moments> acc(per_k);
                 partial(k, 0, nr, 0, n, acc.data());
@@ -125,15 +134,15 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
     std::vector<moments> parts(static_cast<std::size_t>(nt * nk * per_k));
 #pragma omp parallel num_threads(nt)
     {
-        const int t = thread_id();
+        const int t = thread_id(), team = team_size();  // parts of absent threads stay empty
         index_t ki = 0;
         for_range(K, 0, nk, [&](const offsets& k) {
             moments* acc = &parts[(t * nk + ki++) * per_k];
             if (split_rows) {
-                const auto [b, e] = split(nr, t, nt);
+                const auto [b, e] = split(nr, t, team);
                 partial(k, b, e, 0, n, acc);
             } else {
-                const auto [b, e] = split(n, t, nt);
+                const auto [b, e] = split(n, t, team);
                 partial(k, 0, nr, b, e, acc);
             }
         });
@@ -210,9 +219,9 @@ void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const 
     const bool split_outer = no >= nt;
 #pragma omp parallel num_threads(nt)
     {
-        const int t = thread_id();
-        const auto [ob, oe] = split_outer ? split(no, t, nt) : std::pair<index_t, index_t>{0, no};
-        const auto [ib, ie] = split_outer ? std::pair<index_t, index_t>{0, n} : split(n, t, nt);
+        const int t = thread_id(), team = team_size();
+        const auto [ob, oe] = split_outer ? split(no, t, team) : std::pair<index_t, index_t>{0, no};
+        const auto [ib, ie] = split_outer ? std::pair<index_t, index_t>{0, n} : split(n, t, team);
         for_range(outer, ob, oe, [&](const offsets& o) {
             const index_t s = o.stat + ib * inner.sstat;
             apply_run<Stream>(x + o.x + ib * inner.sx, y + o.y + ib * inner.sy, ie - ib, inner.sx, inner.sy, k.mu.data() + s,
@@ -265,7 +274,7 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
     const index_t block = std::max<index_t>(1, std::min<index_t>(64, 16384 / n));
 #pragma omp parallel num_threads(nt)
     {
-        const auto [kb, ke] = split(nk, thread_id(), nt);
+        const auto [kb, ke] = split(nk, thread_id(), team_size());
         std::vector<double> mean(n), m2(n);
         std::vector<T> scratch(3 * n), cm(n), csc(n), csh(n);
         std::vector<const T*> rows;
@@ -317,7 +326,7 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
     const index_t ss = inner.reduced ? 0 : inner.sstat;
 #pragma omp parallel num_threads(nt)
     {
-        const auto [kb, ke] = split(nk, thread_id(), nt);
+        const auto [kb, ke] = split(nk, thread_id(), team_size());
         std::vector<moments> acc(per_k);
         std::vector<double> mean(n), m2(n);
         std::vector<T> scratch(3 * n);
