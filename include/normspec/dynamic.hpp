@@ -51,14 +51,8 @@ dynamic_result<T> forward_dynamic(const spec_desc& spec, const std::vector<std::
     a.threads = in.threads;
     const auto pnames = engine::param_axis_names(b);
     xt::xarray<T> gp, bp, rm, rv;
-    if (in.gamma) {
-        gp = detail::packed_checked<T>("gamma", pnames, b.param_shape, *in.gamma, "the tensor's");
-        a.gamma = gp.data();
-    }
-    if (in.beta) {
-        bp = detail::packed_checked<T>("beta", pnames, b.param_shape, *in.beta, "the tensor's");
-        a.beta = bp.data();
-    }
+    if (in.gamma) a.gamma = detail::parameter_data<T>("gamma", pnames, b.param_shape, *in.gamma, gp, "the tensor's");
+    if (in.beta) a.beta = detail::parameter_data<T>("beta", pnames, b.param_shape, *in.beta, bp, "the tensor's");
     if (in.running_mean) {
         rm = detail::packed_checked<T>("running_mean", b.stat_names, b.stat_shape, *in.running_mean, "the statistics'");
         rv = detail::packed_checked<T>("running_var", b.stat_names, b.stat_shape, *in.running_var, "the statistics'");

@@ -143,14 +143,10 @@ auto forward(S, const named_tensor<E, A...>& xn, Kw&&... kws) {
         // parameters: packed in canonical order, checked against the tensor's extents
         xt::xarray<T> gp, bp;
         const auto pnames = engine::param_axis_names(b);
-        if constexpr (!std::is_same_v<GK, detail::none>) {
-            gp = detail::packed_checked<T>("gamma", pnames, b.param_shape, g_kw.e, "the tensor's");
-            args.gamma = gp.data();
-        }
-        if constexpr (!std::is_same_v<BK, detail::none>) {
-            bp = detail::packed_checked<T>("beta", pnames, b.param_shape, b_kw.e, "the tensor's");
-            args.beta = bp.data();
-        }
+        if constexpr (!std::is_same_v<GK, detail::none>)
+            args.gamma = detail::parameter_data<T>("gamma", pnames, b.param_shape, g_kw.e, gp, "the tensor's");
+        if constexpr (!std::is_same_v<BK, detail::none>)
+            args.beta = detail::parameter_data<T>("beta", pnames, b.param_shape, b_kw.e, bp, "the tensor's");
 
         // statistics out
         saved_stats<T, K> saved;

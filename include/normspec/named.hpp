@@ -164,6 +164,29 @@ xt::xarray<T> packed_checked(const std::string& what, const std::vector<std::str
     return p;
 }
 
+/// A parameter tensor as a row-major T pointer, after checking its extents: its own memory when
+/// it already is one (no copy), else a copy packed into `storage`.
+template <class T, class E>
+const T* parameter_data(const std::string& what, const std::vector<std::string>& axes,
+                        const std::vector<engine::index_t>& extents, const E& e, xt::xarray<T>& storage,
+                        const std::string& whose) {
+    using X = std::decay_t<E>;
+    if constexpr (has_memory<X> && std::is_same_v<std::decay_t<typename X::value_type>, T>) {
+        const auto shape = shape_of(e);
+        engine::check_extents(what, axes, extents, shape.data(), int(shape.size()), whose);
+        bool row_major = true;
+        engine::index_t stride = 1;
+        for (std::size_t d = shape.size(); d-- > 0;) {
+            if (shape[d] != 1 && engine::index_t(e.strides()[d]) != stride) row_major = false;
+            stride *= shape[d];
+        }
+        if (row_major) return e.data() + e.data_offset();
+    }
+    storage = packed_checked<T>(what, axes, extents, e, whose);
+    return storage.data();
+}
+
+
 }  // namespace detail
 }  // namespace normspec
 

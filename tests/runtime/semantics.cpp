@@ -90,6 +90,20 @@ TEST_CASE("output into a caller's tensor, of another layout, and in place") {
     }
 }
 
+TEST_CASE("parameters: used in place when row-major, copied when strided or of another type") {
+    xt::xtensor<double, 4> x = th::randn({2, 3, 4, 5});
+    xt::xtensor<double, 3> g = th::randn({3, 4, 5}, 1.0), b = th::randn({3, 4, 5});
+    const auto want = forward(layer_norm_cnn{}, named<N, C, H, W>(x), gamma(g), beta(b)).y;
+    xt::xtensor<double, 3> g_t = xt::transpose(g, {2, 1, 0});  // (W,H,C) memory: a view back to (C,H,W) is strided
+    CHECK(th::rel_err(forward(layer_norm_cnn{}, named<N, C, H, W>(x), gamma(xt::transpose(g_t, {2, 1, 0})), beta(b)).y, want) < 1e-14);
+    xt::xtensor<float, 3> g_f = xt::cast<float>(g);
+    CHECK(th::rel_err(forward(layer_norm_cnn{}, named<N, C, H, W>(x), gamma(g_f), beta(b)).y, want) < 1e-6);
+    xt::xtensor<double, 4> wide = xt::zeros<double>({3, 4, 5, 2});
+    xt::view(wide, xt::all(), xt::all(), xt::all(), 1) = g;
+    CHECK(th::rel_err(forward(layer_norm_cnn{}, named<N, C, H, W>(x), gamma(xt::view(wide, xt::all(), xt::all(), xt::all(), 1)), beta(b)).y,
+                      want) < 1e-14);
+}
+
 TEST_CASE("inputs: raw memory through xt::adapt, fixed-size tensors, and lazy expressions") {
     std::vector<double> buffer(2 * 3 * 7);
     for (std::size_t i = 0; i < buffer.size(); ++i) buffer[i] = std::sin(double(i)) * 3 + 1;
