@@ -1,7 +1,8 @@
 // cli/normspec.cpp
 // The normspec command:
 //   normspec zoo   the seed's table, generated from the aliases' derived facts;
-//   normspec run   one norm of the zoo on .npy data, any layout, train or eval.
+//   normspec run   one norm of the zoo on .npy data, any layout, train or eval;
+//   normspec plan  the loops a norm runs on a layout and shape, as forward() would run them.
 #include "npy.hpp"
 
 #include <normspec/dynamic.hpp>
@@ -13,6 +14,7 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <sstream>
 
 namespace {
 
@@ -71,6 +73,41 @@ std::vector<std::string_view> layout_names(const std::string& layout) {
         names.push_back(it->second);
     }
     return names;
+}
+
+struct plan_options {
+    std::string norm, layout, shape, mode = "train";
+    std::ptrdiff_t groups = 0;
+    int threads = 0;
+};
+
+void print_plan(const plan_options& o) {
+    const spec_desc& spec = zoo_specs().at(o.norm);
+    const auto names = layout_names(o.layout);
+    std::vector<engine::index_t> shape;
+    std::stringstream ss(o.shape);
+    for (std::string e; std::getline(ss, e, ',');) {
+        std::size_t used = 0;
+        long long v = -1;
+        try {
+            v = std::stoll(e, &used);
+        } catch (const std::exception&) {
+        }
+        if (used != e.size() || v < 0) throw std::invalid_argument("--shape: '" + e + "' is not an extent (give e.g. 32,64,56,56)");
+        shape.push_back(v);
+    }
+    if (o.mode != "train" && o.mode != "eval") throw std::invalid_argument("--mode must be train or eval, got " + o.mode);
+    const auto b = engine::bind(spec, names, shape.data(), int(shape.size()), o.groups);
+    std::vector<float> one(1);
+    auto x = engine::contiguous(one.data(), shape);
+    const auto p = engine::make_plan(b, x, x, spec.kind != param_kind::none);
+    const bool use_running = spec.couples_batch && o.mode == "eval";
+    const auto d = engine::decide<float>(p, x.size(), o.threads, 0, use_running, false);
+    std::cout << o.norm << " = " << to_string(spec) << " on " << o.layout << " " << o.shape << " (float32, " << o.mode << ")\n";
+    std::cout << "statistics: " << b.stat_count << " over <";
+    for (std::size_t i = 0; i < b.stat_names.size(); ++i) std::cout << (i ? "," : "") << b.stat_names[i];
+    std::cout << ">, each across " << b.reduction_count << " values\n";
+    std::cout << engine::explain(p, d);
 }
 
 template <class T>
@@ -134,6 +171,14 @@ int main(int argc, char** argv) {
     run_cmd->add_option("--running-var", o.running_var, "running var .npy (batch_norm)")->check(CLI::ExistingFile);
     run_cmd->add_option("--threads", o.threads, "threads (default: OpenMP's)");
     run_cmd->add_option("--out", o.out, "output folder")->required();
+    auto* plan_cmd = app.add_subcommand("plan", "print the loops a norm runs on a layout and shape");
+    plan_options po;
+    plan_cmd->add_option("--norm", po.norm, "which norm")->required()->check(CLI::IsMember(norm_names));
+    plan_cmd->add_option("--layout", po.layout, "axis letters in memory order, e.g. NCHW")->required();
+    plan_cmd->add_option("--shape", po.shape, "extents in layout order, e.g. 32,64,56,56")->required();
+    plan_cmd->add_option("--groups", po.groups, "number of groups (group_norm)")->check(CLI::PositiveNumber);
+    plan_cmd->add_option("--threads", po.threads, "threads (default: OpenMP's)");
+    plan_cmd->add_option("--mode", po.mode, "train or eval");
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -144,6 +189,8 @@ int main(int argc, char** argv) {
     try {
         if (app.got_subcommand("zoo")) {
             print_zoo();
+        } else if (app.got_subcommand("plan")) {
+            print_plan(po);
         } else {
             if (cli::npy_dtype(o.x) == cli::dtype::f32)
                 run<float>(o);

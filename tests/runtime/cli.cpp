@@ -110,6 +110,36 @@ TEST_CASE("normspec zoo prints the table generated from the specs") {
     CHECK(t.find("groups<C,dynamic>") != std::string::npos);
 }
 
+TEST_CASE("normspec plan prints the pattern, loops, sweeps and threads that forward() runs") {
+    auto plan = [](const std::string& args) {
+        const auto out = scratch() / "plan.txt";
+        REQUIRE(std::system((std::string(NORMSPEC_CLI) + " plan " + args + " > " + out.string() + " 2>&1").c_str()) == 0);
+        std::ifstream f(out);
+        std::stringstream s;
+        s << f.rdbuf();
+        return s.str();
+    };
+    const auto bn = plan("--norm batch_norm --layout NCHW --shape 32,64,56,56 --threads 2");
+    CHECK(bn.find("pattern: [reduce N, keep C, reduce H*W]") != std::string::npos);
+    CHECK(bn.find("sweeps: fused per kept index") != std::string::npos);
+    CHECK(bn.find("threads: 2 over kept indices") != std::string::npos);
+    CHECK(bn.find("statistics: 64 over <C>, each across 100352 values") != std::string::npos);
+    const auto bn_nhwc = plan("--norm batch_norm --layout NHWC --shape 32,56,56,64 --threads 2");
+    CHECK(bn_nhwc.find("pattern: [reduce N*H*W, keep C]") != std::string::npos);
+    CHECK(bn_nhwc.find("the reduction is split") != std::string::npos);
+    const auto eval = plan("--norm batch_norm --layout NHWC --shape 32,56,56,64 --mode eval");
+    CHECK(eval.find("sweeps: two") != std::string::npos);  // running statistics: nothing to fuse
+    const auto gn = plan("--norm group_norm --layout NHWC --shape 2,96,96,320 --groups 32");
+    CHECK(gn.find("pattern: [keep N, reduce H*W, keep G(C), reduce C/G]") != std::string::npos);
+    CHECK(gn.find("merged per group") != std::string::npos);
+    const auto ln = plan("--norm layer_norm --layout TD --shape 4096,4096");
+    CHECK(ln.find("pattern: [keep T, reduce D]") != std::string::npos);
+    CHECK(ln.find("stores: streaming") != std::string::npos);
+    for (auto [norm, layout, shape] : {std::tuple{"layer_norm_cnn", "NCHW", "2,3,4,5"}, {"instance_norm", "NHWC", "2,4,5,3"},
+                                       {"rms_norm", "BTD", "2,3,4"}, {"group_norm", "NCHW", "2,4,3,3 --groups 2"}})
+        CHECK(plan(std::string("--norm ") + norm + " --layout " + layout + " --shape " + shape).find("pattern: [") != std::string::npos);
+}
+
 TEST_CASE("bad arguments or files: one line on stderr, a non-zero exit, no crash") {
     const std::string x = refdir + "/layer_norm/x.npy";
     auto one_line_error = [](const cli_run& r, const std::string& text) {
@@ -134,4 +164,6 @@ TEST_CASE("bad arguments or files: one line on stderr, a non-zero exit, no crash
     one_line_error(normspec_cli("run --norm batch_norm --layout NCHW --mode eval --x " + refdir + "/batch_norm_eval/x.npy" + o),
                    "needs running statistics");
     one_line_error(normspec_cli("run --norm layer_norm --layout BTD --mode sideways --x " + x + o), "--mode must be train or eval");
+    one_line_error(normspec_cli("plan --norm layer_norm --layout TD --shape 4,x"), "--shape: 'x' is not an extent");
+    one_line_error(normspec_cli("plan --norm batch_norm --layout TD --shape 4,8"), "reduce<N> names an axis that the tensor <T,D> does not have");
 }

@@ -16,6 +16,9 @@
 #include "plan.hpp"
 
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <string>
 #include <vector>
 
 #include <unistd.h>
@@ -367,9 +370,19 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
     }
 }
 
-/// The last-level cache, as the OS reports it (32 MiB if it does not).
+/// The last-level cache one core sees. sysfs first (what lscpu shows: here 32 MiB), since glibc's
+/// sysconf can report the host's total (320 MiB on this machine); then sysconf; then 32 MiB.
 inline double llc_bytes() {
     static const double bytes = [] {
+        for (int index = 3; index >= 2; --index) {
+            std::ifstream f("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size");
+            std::string text;
+            if (f >> text && !text.empty()) {
+                const double unit = text.back() == 'K' ? 1024.0 : text.back() == 'M' ? 1024.0 * 1024 : 1.0;
+                const double v = std::atof(text.c_str()) * unit;
+                if (v > 0) return v;
+            }
+        }
         const long l3 = ::sysconf(_SC_LEVEL3_CACHE_SIZE);
         return l3 > 0 ? double(l3) : 32.0 * 1024 * 1024;
     }();
@@ -377,6 +390,63 @@ inline double llc_bytes() {
 }
 
 }  // namespace detail
+
+/// How one call runs: what forward() does and `normspec plan` prints, decided in one place.
+struct decision {
+    int threads = 1;
+    bool fused = false;            // statistics and normalization per kept index
+    bool grouped_columns = false;  // ... with a group's channels merged from per-channel columns
+    bool split_reduction = false;  // two sweeps with fewer kept indices than threads
+    bool stream = false;           // streaming stores for y
+};
+
+template <class T>
+decision decide(const plan& p, index_t total, int requested_threads, int schedule, bool use_running, bool in_place) {
+    decision d;
+    d.threads = threads_for(total, requested_threads);
+    d.fused = !use_running && (schedule == 1 || (schedule == 0 && detail::fusable<T>(p, d.threads)));
+    d.grouped_columns = d.fused && detail::grouped_columns(p);
+    if (!d.fused && !use_running) {
+        index_t nk = 1;
+        for (std::size_t i = 0; i + 1 < p.stats.size(); ++i)
+            if (!p.stats[i].reduced) nk *= p.stats[i].extent;
+        d.split_reduction = nk < d.threads && d.threads > 1;
+    }
+    d.stream = 2.0 * double(total) * sizeof(T) > detail::llc_bytes() && !in_place;
+    return d;
+}
+
+/// The loops a call runs, for people: pattern, loop order, vector loop, sweeps, threads, stores.
+inline std::string explain(const plan& p, const decision& d) {
+    auto dims = [](const std::vector<loop_dim>& v) {
+        std::string s;
+        for (auto& L : v)
+            s += "    " + std::string(L.reduced ? "reduce " : "keep   ") + L.name + "  extent " + std::to_string(L.extent) +
+                 ", x stride " + std::to_string(L.sx) + "\n";
+        return s;
+    };
+    const auto& loops = d.fused ? p.fused : p.stats;
+    const loop_dim& inner = loops.back();
+    std::string s = "pattern: " + p.pattern() + "\n";
+    s += "loops, outer to inner:\n" + dims(loops);
+    if (d.grouped_columns)
+        s += "vector loop: " + loops[loops.size() - 2].name + "*" + inner.name + " (contiguous channels, kept: one column per lane)\n";
+    else
+        s += "vector loop: " + inner.name + (inner.sx == 1 ? " (contiguous" : " (strided: scalar") +
+             std::string(inner.reduced ? ", reduced: one statistic per run)" : ", kept: one statistic per lane)") + "\n";
+    if (d.grouped_columns)
+        s += "sweeps: fused per kept index; per-channel column moments over the reduced rows, merged per group, then "
+             "y = x * scale_c + shift_c\n";
+    else if (d.fused)
+        s += "sweeps: fused per kept index: statistics, then normalize while its data is in cache (x read once)\n";
+    else
+        s += "sweeps: two: every statistic (one read of x), then every element (a second read of x)\n";
+    s += std::string("parameters: ") + (!p.has_params ? "none" : p.fold ? "folded into per-statistic scale and shift" : "applied per element") + "\n";
+    s += "threads: " + std::to_string(d.threads) +
+         (d.threads == 1 ? "" : d.split_reduction ? " (the reduction is split; partial moments merged)" : " over kept indices") + "\n";
+    s += std::string("stores: ") + (d.stream ? "streaming (x and y exceed the last-level cache)" : "cached") + "\n";
+    return s;
+}
 
 /// Runs spec on a.x into a.y (which may be a.x itself). The binding must come from bind() with
 /// the same spec and x's extents.
@@ -398,12 +468,13 @@ void forward(const spec_desc& spec, const binding& b, const forward_args<T>& a) 
     if (has_params && !g) ones.assign(b.param_count, T(1)), g = ones.data();
     const plan p = make_plan(b, a.x, a.y, has_params);
     const index_t total = a.x.size();
-    const int nt = threads_for(total, a.threads);
+    const decision d = decide<T>(p, total, a.threads, a.schedule, use_running, a.y.data == a.x.data);
+    const int nt = d.threads;
 
     if (total == 0) return;  // an empty kept axis: no statistic, nothing to normalize
     const auto n = static_cast<std::size_t>(b.stat_count);
     detail::coefficients<T> k{std::vector<T>(n), std::vector<T>(n), std::vector<T>(n, T(0))};
-    const bool stream = 2.0 * double(total) * sizeof(T) > detail::llc_bytes() && a.y.data != a.x.data;
+    const bool stream = d.stream;
     const T* gp = has_params && !p.fold ? g : nullptr;  // parameters left for the normalize sweep
     const T* bp = has_params && !p.fold ? bt : nullptr;
 
@@ -431,8 +502,7 @@ void forward(const spec_desc& spec, const binding& b, const forward_args<T>& a) 
         known(s, spec.rms ? 0.0 : m.mean, m.variance(), m.unbiased_variance(), pidx);
     };
 
-    const bool fuse = a.schedule == 1 || (a.schedule == 0 && detail::fusable<T>(p, nt));
-    if (!use_running && fuse) {
+    if (d.fused) {
         if (spec.rms)
             detail::fused<true>(p, a.x.data, a.y.data, k, gp, bp, nt, stream, from_moments);
         else
