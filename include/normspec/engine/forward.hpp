@@ -103,7 +103,7 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
         }
         const index_t block = std::max<index_t>(1, std::min<index_t>(64, 16384 / std::max<index_t>(n, 1)));
         std::vector<double> mean(n, 0.0), m2(n, 0.0);
-        std::vector<T> scratch(3 * n);
+        std::vector<T> scratch(3 * simd::width<T> + n);
         std::vector<const T*> rows;
         rows.reserve(block);
         double count = 0;
@@ -279,7 +279,7 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
     {
         const auto [kb, ke] = split(nk, thread_id(), team_size());
         std::vector<double> mean(n), m2(n);
-        std::vector<T> scratch(3 * n), cm(n), csc(n), csh(n);
+        std::vector<T> scratch(3 * simd::width<T> + n), cm(n), csc(n), csh(n);
         std::vector<const T*> rows;
         for_range(K, kb, ke, [&](const offsets& kk) {
             std::fill(mean.begin(), mean.end(), 0.0);
@@ -332,7 +332,7 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
         const auto [kb, ke] = split(nk, thread_id(), team_size());
         std::vector<moments> acc(per_k);
         std::vector<double> mean(n), m2(n);
-        std::vector<T> scratch(3 * n);
+        std::vector<T> scratch(3 * simd::width<T> + n);
         std::vector<const T*> rows;
         for_range(K, kb, ke, [&](const offsets& kk) {
             std::fill(acc.begin(), acc.end(), moments{});

@@ -84,57 +84,74 @@ inline void accumulate_run(const T* x, index_t n, index_t s, moments& m) {
 }
 
 /// Column moments: `rows` rows of n values (row r at row_ptrs[r], value j at + j*s) merged into
-/// per-column accumulators (count shared, mean[j], m2[j], in double). The block's sums, its
-/// per-column mean and the squared deviations from it are taken in T, a vector of columns at a
-/// time when s == 1 (the block stays in L1 for its second read); `scratch` holds 3n values of T.
+/// per-column accumulators (count shared, mean[j], m2[j], in double). The block's column sums
+/// are taken row by row (memory read in order); then, for each vector of columns, the squared
+/// deviations from the block mean are accumulated in registers (in T) down the rows, which are in
+/// L1 by then; each lane merges (Chan) in double. Strided rows take the same steps one column at a time. `scratch` holds 3 * width + n values.
 template <bool Rms, class T>
 inline void accumulate_block(const T* const* row_ptrs, index_t rows, index_t n, index_t s, double& count, double* mean,
                              double* m2, T* scratch) {
     using V = simd::vec<T>;
     constexpr index_t L = simd::width<T>;
-    T* bs = scratch;          // block sums, then block means
-    T* bq = scratch + n;      // squared deviations (rms: squares)
-    T* br = scratch + 2 * n;  // deviations: the rounding residue of the block mean
-    std::fill(scratch, scratch + 3 * n, T(0));
-    const index_t nv = s == 1 ? n - n % L : 0;  // columns taken a vector at a time
-    auto each_row = [&](auto&& vec_op, auto&& scalar_op) {
-        for (index_t r = 0; r < rows; ++r) {
-            const T* p = row_ptrs[r];
-            for (index_t j = 0; j < nv; j += L) vec_op(j, V::load_unaligned(p + j));
-            for (index_t j = nv; j < n; ++j) scalar_op(j, p[j * s]);
-        }
-    };
-    if constexpr (Rms) {
-        each_row([&](index_t j, V x) { xsimd::fma(x, x, V::load_unaligned(bq + j)).store_unaligned(bq + j); },
-                 [&](index_t j, T x) { bq[j] += x * x; });
-        for (index_t j = 0; j < n; ++j) m2[j] += double(bq[j]);
-        count += double(rows);
-        return;
-    } else {
-        each_row([&](index_t j, V x) { (V::load_unaligned(bs + j) + x).store_unaligned(bs + j); }, [&](index_t j, T x) { bs[j] += x; });
-        const T inv = T(1) / T(rows);
-        for (index_t j = 0; j < n; ++j) bs[j] *= inv;
-        each_row(
-            [&](index_t j, V x) {
-                const V d = x - V::load_unaligned(bs + j);
-                xsimd::fma(d, d, V::load_unaligned(bq + j)).store_unaligned(bq + j);
-                (V::load_unaligned(br + j) + d).store_unaligned(br + j);
-            },
-            [&](index_t j, T x) {
-                const T d = x - bs[j];
-                bq[j] += d * d;
-                br[j] += d;
-            });
-        const double na = count, nb = double(rows), nn = na + nb;
-        for (index_t j = 0; j < n; ++j) {
-            const double r = double(br[j]);
-            const double bmean = double(bs[j]) + r / nb, bm2 = double(bq[j]) - r * r / nb;
+    const double na = count, nb = double(rows), nn = na + nb;
+    // merge one column's block moments (sum of squares for rms)
+    auto merge = [&](index_t j, double bm, double bq, double br) {
+        if constexpr (Rms) {
+            m2[j] += bq;
+        } else {
+            const double bmean = bm + br / nb, bm2 = bq - br * br / nb;
             const double delta = bmean - mean[j];
             mean[j] += delta * (nb / nn);
             m2[j] += bm2 + delta * delta * (na * nb / nn);
         }
-        count = nn;
+    };
+    const index_t nv = s == 1 ? n - n % L : 0;  // columns taken a vector at a time
+    if constexpr (!Rms) {
+        // first pass row by row: memory is read in order, the block's column sums stay in L1
+        T* sums = scratch + 3 * L;
+        std::fill(sums, sums + nv, T(0));
+        for (index_t i = 0; i < rows; ++i)
+            for (index_t j = 0; j < nv; j += L)
+                (V::load_unaligned(sums + j) + V::load_unaligned(row_ptrs[i] + j)).store_unaligned(sums + j);
     }
+    for (index_t j = 0; j < nv; j += L) {
+        V a(T(0)), q(T(0)), r(T(0));
+        if constexpr (Rms) {
+            for (index_t i = 0; i < rows; ++i) {
+                const V x = V::load_unaligned(row_ptrs[i] + j);
+                q = xsimd::fma(x, x, q);
+            }
+        } else {
+            a = V::load_unaligned(scratch + 3 * L + j);  // the block's sums, taken row by row below
+            const V m = a / V(T(rows));
+            for (index_t i = 0; i < rows; ++i) {
+                const V d = V::load_unaligned(row_ptrs[i] + j) - m;
+                q = xsimd::fma(d, d, q);
+                r += d;
+            }
+            m.store_unaligned(scratch);
+        }
+        q.store_unaligned(scratch + L);
+        r.store_unaligned(scratch + 2 * L);
+        for (index_t l = 0; l < L; ++l) merge(j + l, double(scratch[l]), double(scratch[L + l]), double(scratch[2 * L + l]));
+    }
+    for (index_t j = nv; j < n; ++j) {
+        T a = 0, q = 0, r = 0;
+        if constexpr (Rms) {
+            for (index_t i = 0; i < rows; ++i) q += row_ptrs[i][j * s] * row_ptrs[i][j * s];
+        } else {
+            for (index_t i = 0; i < rows; ++i) a += row_ptrs[i][j * s];
+            const T m = a / T(rows);
+            for (index_t i = 0; i < rows; ++i) {
+                const T d = row_ptrs[i][j * s] - m;
+                q += d * d;
+                r += d;
+            }
+            a = m;
+        }
+        merge(j, double(a), double(q), double(r));
+    }
+    count = nn;
 }
 
 }  // namespace normspec::engine
