@@ -75,6 +75,16 @@ double rel_diff(const float* a, const float* b, std::int64_t n) {
 
 int main(int argc, char** argv) {
     using namespace bench;
+    // --normspec_min_time=S: seconds per benchmark (default 0.05); the CI smoke run uses a tiny value
+    double min_time = 0.05;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i], flag = "--normspec_min_time=";
+        if (a.rfind(flag, 0) == 0) {
+            min_time = std::stod(a.substr(flag.size()));
+            for (int j = i; j + 1 < argc; ++j) argv[j] = argv[j + 1];
+            --argc, --i;
+        }
+    }
     benchmark::Initialize(&argc, argv);
     static std::map<std::string, inputs> all_inputs;  // per case, made on first use
     static std::map<std::string, std::vector<float>> expected;  // normspec's y per case/op/threads
@@ -127,7 +137,7 @@ int main(int argc, char** argv) {
                         st.counters["model_bytes"] = c.model_bytes();
                         st.counters["out_of_cache"] = c.out_of_cache();
                         st.counters["max_rel_diff"] = d;
-                    })->UseRealTime()->MinTime(0.05);
+                    })->UseRealTime()->MinTime(min_time);
                 }
             }
         }
