@@ -104,6 +104,8 @@ def main():
     ap.add_argument("json")
     ap.add_argument("--markdown")
     ap.add_argument("--command", default="")
+    ap.add_argument("--cli", default=os.path.join(os.path.dirname(__file__), "..", "build", "normspec"),
+                    help="the normspec command, for the plan of each shortfall")
     args = ap.parse_args()
     context, cases = load(args.json)
     rows = summarize(cases)
@@ -114,10 +116,18 @@ def main():
         print(f"worst case: {'/'.join(t['worst']['key'])} at {t['worst']['vs_fastest']:.2f} of {t['worst']['fastest_peer']}")
     print(f"out-of-cache cases: lowest fraction of the copy_nt limit {t['ooc_min_fraction']:.2f}")
     if args.markdown:
-        write_markdown(args.markdown, context, rows, t, args.command)
+        write_markdown(args.markdown, context, rows, t, args.command, args.cli)
 
 
-def write_markdown(path, context, rows, t, command):
+def vector_isa():
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return "unknown"
+    return "AVX-512" if " avx512f " in flags else "AVX2" if " avx2 " in flags else "SSE"
+
+
+def write_markdown(path, context, rows, t, command, cli):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -145,7 +155,11 @@ def write_markdown(path, context, rows, t, command):
         out.write(f"- machine: {context.get('num_cpus', '?')} CPUs at {context.get('mhz_per_cpu', '?')} MHz, "
                   f"{platform.machine()}, caches: " +
                   ", ".join(f"L{c['level']} {c['type']} {c['size'] // 1024} KiB" for c in context.get("caches", [])) + "\n")
+        out.write(f"- vector instructions: {vector_isa()} (this project's programs are built with -march=native; xsimd "
+                  "batches take the widest set; the peers dispatch at run time)\n")
         out.write(f"- command: `{command}`\n")
+        out.write("- Debian's libbenchmark prints that it was built as DEBUG: that is the harness library itself; the "
+                  "timed code is this project's Release build and the peers' packaged libraries.\n")
         out.write("- peers at their best: outputs preallocated where the API allows (normspec, handwritten, xtensor, "
                   "oneDNN); libtorch's functions allocate their outputs, and glibc's mmap threshold raised (`GLIBC_TUNABLES=glibc.malloc.mmap_max=0`) "
                   "so the page faults of libtorch's fresh outputs are not counted against it.\n")
@@ -169,21 +183,33 @@ def write_markdown(path, context, rows, t, command):
         out.write("## All cases\n\n")
         print_table(rows, out, markdown=True)
         out.write("\n## Shortfalls\n\n")
+        out.write("Cases under 1.2x the fastest peer, and out-of-cache cases under 0.85 of the copy_nt limit, each with "
+                  "the plan normspec ran (from `normspec plan`).\n\n")
         short = {r["key"]: r for r in t["below_1_2"] + t["ooc_below_0_85"]}
         if not short:
             out.write("None.\n")
         for key, r in sorted(short.items()):
             out.write(f"- `{'/'.join(key)}`: {r.get('vs_fastest', float('nan')):.2f} of {r.get('fastest_peer', '-')}, "
-                      f"{r.get('limit_fraction', float('nan')):.2f} of copy_nt. Reason: {reason(r)}\n")
+                      f"{r.get('limit_fraction', float('nan')):.2f} of copy_nt. Plan: {plan_facts(r, cli)}\n")
 
 
-def reason(r):
+def plan_facts(r, cli):
+    """What `normspec plan` says this case runs: pattern, sweeps, threads (facts, not a diagnosis)."""
+    import subprocess
     op, norm, layout, shape, thr = r["key"]
-    if r.get("fastest_peer") == "handwritten" and r["out_of_cache"]:
-        return "memory-bound: the hand-written loop also reads x once and writes y once, so both sit at the bandwidth limit"
-    if not r["out_of_cache"] and r.get("limit_fraction", 0) > 1.0:
-        return "in cache: the peer's kernel does fewer instructions per element than ours"
-    return "see the plan (`normspec plan`) for this layout; not yet specialized"
+    dims = shape.split("x")
+    if layout == "NHWC":
+        dims = [dims[0], dims[2], dims[3], dims[1]]
+    cmd = [cli, "plan", "--norm", norm, "--layout", layout, "--shape", ",".join(dims), "--threads", thr[1:],
+           "--mode", "eval" if op == "fwd_eval" else "train"]
+    if norm == "group_norm":
+        cmd += ["--groups", "32"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "plan unavailable"
+    keep = [l.strip() for l in out.splitlines() if l.startswith(("pattern:", "sweeps:", "threads:", "stores:"))]
+    return "; ".join(keep) if keep else "plan unavailable"
 
 
 if __name__ == "__main__":

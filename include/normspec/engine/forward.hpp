@@ -398,11 +398,13 @@ struct decision {
     bool grouped_columns = false;  // ... with a group's channels merged from per-channel columns
     bool split_reduction = false;  // two sweeps with fewer kept indices than threads
     bool stream = false;           // streaming stores for y
+    bool use_running = false;      // evaluation with running statistics: no statistics sweep
 };
 
 template <class T>
 decision decide(const plan& p, index_t total, int requested_threads, int schedule, bool use_running, bool in_place) {
     decision d;
+    d.use_running = use_running;
     d.threads = threads_for(total, requested_threads);
     d.fused = !use_running && (schedule == 1 || (schedule == 0 && detail::fusable<T>(p, d.threads)));
     d.grouped_columns = d.fused && detail::grouped_columns(p);
@@ -439,6 +441,8 @@ inline std::string explain(const plan& p, const decision& d) {
              "y = x * scale_c + shift_c\n";
     else if (d.fused)
         s += "sweeps: fused per kept index: statistics, then normalize while its data is in cache (x read once)\n";
+    else if (d.use_running)
+        s += "sweeps: one: every element, with the running statistics (evaluation)\n";
     else
         s += "sweeps: two: every statistic (one read of x), then every element (a second read of x)\n";
     s += std::string("parameters: ") + (!p.has_params ? "none" : p.fold ? "folded into per-statistic scale and shift" : "applied per element") + "\n";
