@@ -55,7 +55,7 @@ void print_zoo() {
 }
 
 struct run_options {
-    std::string norm, layout, x, gamma, beta, running_mean, running_var, out, mode = "train";
+    std::string norm, layout, x, gamma, beta, running_mean, running_var, dy, out, mode = "train";
     double eps = 1e-5, momentum = 0.1;
     std::ptrdiff_t groups = 0;
     int threads = 0;
@@ -145,6 +145,13 @@ void run(const run_options& o) {
         xt::dump_npy(path("running_mean.npy"), rm);
         xt::dump_npy(path("running_var.npy"), rv);
     }
+    if (!o.dy.empty()) {  // gradients of sum(dy * y)
+        const xt::xarray<T> dy = cli::load<T>(o.dy);
+        const auto g = backward_dynamic<T>(spec, names, x, dy, r, in);
+        xt::dump_npy(path("dx.npy"), g.dx);
+        if (spec.kind != param_kind::none) xt::dump_npy(path("dgamma.npy"), g.dgamma);
+        if (spec.kind == param_kind::affine) xt::dump_npy(path("dbeta.npy"), g.dbeta);
+    }
 }
 
 }  // namespace
@@ -170,6 +177,7 @@ int main(int argc, char** argv) {
     run_cmd->add_option("--running-mean", o.running_mean, "running mean .npy (batch_norm)")->check(CLI::ExistingFile);
     run_cmd->add_option("--running-var", o.running_var, "running var .npy (batch_norm)")->check(CLI::ExistingFile);
     run_cmd->add_option("--threads", o.threads, "threads (default: OpenMP's)");
+    run_cmd->add_option("--dy", o.dy, "gradient of the output .npy: also writes dx.npy, dgamma.npy, dbeta.npy")->check(CLI::ExistingFile);
     run_cmd->add_option("--out", o.out, "output folder")->required();
     auto* plan_cmd = app.add_subcommand("plan", "print the loops a norm runs on a layout and shape");
     plan_options po;

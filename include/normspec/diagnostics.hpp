@@ -128,6 +128,17 @@ template <class ValueType>
 struct forward_needs_float_or_double {
     static_assert(always_false<ValueType>, "normspec: forward() runs on float or double tensors");
 };
+template <class StatAxes, class SavedRank>
+struct saved_statistics_do_not_match_the_tensor {
+    static_assert(always_false<StatAxes>,
+                  "normspec: backward() got saved statistics of another rank than this spec's statistic axes on this tensor");
+};
+template <class Keyword>
+struct backward_takes_no_such_argument {
+    static_assert(always_false<Keyword>,
+                  "normspec: backward() takes named<...>(x), dy, the forward's saved statistics, then only gamma(), "
+                  "threads() and a mode");
+};
 template <class Axis, class Which, class ParamExtent, class TensorExtent>
 struct parameter_extent_differs_from_tensor {
     static_assert(always_false<Axis>,

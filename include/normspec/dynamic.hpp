@@ -5,6 +5,7 @@
 #ifndef NORMSPEC_DYNAMIC_HPP
 #define NORMSPEC_DYNAMIC_HPP
 
+#include "engine/backward.hpp"
 #include "engine/forward.hpp"
 #include "named.hpp"
 
@@ -74,6 +75,41 @@ dynamic_result<T> forward_dynamic(const spec_desc& spec, const std::vector<std::
         *in.running_var = rv;
     }
     return r;
+}
+
+template <class T>
+struct dynamic_gradients {
+    xt::xarray<T> dx, dgamma, dbeta;  // dgamma, dbeta empty where the spec has none
+};
+
+/// The backward pass of forward_dynamic: gradients of sum(dy * y) from its saved statistics.
+template <class T>
+dynamic_gradients<T> backward_dynamic(const spec_desc& spec, const std::vector<std::string_view>& names, const xt::xarray<T>& x,
+                                      const xt::xarray<T>& dy, const dynamic_result<T>& saved, const dynamic_inputs<T>& in) {
+    engine::backward_args<T> a;
+    a.x = detail::lower<const T>(x);
+    const engine::binding b = engine::bind(spec, names, a.x.shape.data(), a.x.rank, in.groups);
+    std::vector<std::string> xnames(names.begin(), names.end());
+    engine::check_extents("dy", xnames, detail::shape_of(x), detail::shape_of(dy).data(), int(dy.dimension()), "x's");
+    a.dy = detail::lower<const T>(dy);
+    xt::xarray<T> mean, rstd, gp;
+    rstd = detail::packed_checked<T>("saved rstd", b.stat_names, b.stat_shape, saved.rstd, "the statistics'");
+    a.rstd = rstd.data();
+    if (!spec.rms) {
+        mean = detail::packed_checked<T>("saved mean", b.stat_names, b.stat_shape, saved.mean, "the statistics'");
+        a.mean = mean.data();
+    }
+    if (in.gamma) a.gamma = detail::parameter_data<T>("gamma", engine::param_axis_names(b), b.param_shape, *in.gamma, gp, "the tensor's");
+    a.constant_stats = spec.couples_batch && in.run_mode == mode::eval;
+    a.threads = in.threads;
+    dynamic_gradients<T> g;
+    g.dx = xt::xarray<T>::from_shape(x.shape());
+    a.dx = detail::lower<T>(g.dx);
+    std::vector<std::size_t> pshape(b.param_shape.begin(), b.param_shape.end());
+    if (spec.kind != param_kind::none) g.dgamma = xt::xarray<T>::from_shape(pshape), a.dgamma = g.dgamma.data();
+    if (spec.kind == param_kind::affine) g.dbeta = xt::xarray<T>::from_shape(pshape), a.dbeta = g.dbeta.data();
+    engine::backward(spec, b, a);
+    return g;
 }
 
 }  // namespace normspec

@@ -44,8 +44,16 @@ void under_test() {
     forward(layer_norm{}, named<B, T, D>(fixed_x), gamma(short_g));
 #elif defined(FAIL_FIXED_GROUPS_DO_NOT_DIVIDE)
     forward(group_norm<4>{}, named<N, C, H, W>(fixed_img));
+#elif defined(FAIL_BACKWARD_SAVED_RANK)
+    auto saved = forward(layer_norm{}, named<B, T, D>(x));  // statistics on <B,T>; batch_norm's are on <C>
+    backward(batch_norm{}, named<N, C, H, W>(img), img, saved);
+#elif defined(FAIL_BACKWARD_UNKNOWN_ARGUMENT)
+    auto saved = forward(batch_norm{}, named<N, C, H, W>(img), running(m, v));
+    backward(batch_norm{}, named<N, C, H, W>(img), img, saved, running(m, v));
 #else
     forward(batch_norm{}, named<N, C, H, W>(img), running(m, v));
+    auto saved = forward(rms_norm{}, named<B, T, D>(x), gamma(g));
+    backward(rms_norm{}, named<B, T, D>(x), x, saved, gamma(g), mode::eval, threads(1));
     forward(layer_norm{}, named<B, T, D>(x), gamma(g), beta(g));
     forward(rms_norm{}, named<B, T, D>(x), gamma(g), eps(1e-6), threads(1));
     forward(group_norm<>{}, named<N, C, H, W>(img), num_groups(2));

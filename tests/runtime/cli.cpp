@@ -55,27 +55,35 @@ void check_case(const std::string& c, const std::string& norm, const std::string
     for (int nhwc = 0; nhwc < (cnn ? 2 : 1); ++nhwc) {
         CAPTURE(nhwc);
         const fs::path out = scratch() / (c + (nhwc ? "_nhwc" : "_nchw"));
-        std::string xpath = refdir + "/" + c + "/x.npy", layout = cnn ? "NCHW" : "BTD";
+        std::string xpath = refdir + "/" + c + "/x.npy", dypath = refdir + "/" + c + "/dy.npy", layout = cnn ? "NCHW" : "BTD";
         if (nhwc) {
             xpath = (scratch() / (c + "_x_nhwc.npy")).string();
+            dypath = (scratch() / (c + "_dy_nhwc.npy")).string();
             xt::xarray<float> xt_ = xt::transpose(x, {0, 2, 3, 1});
             xt::dump_npy(xpath, xt_);
+            xt::xarray<float> dy_ = xt::transpose(xt::xarray<float>(xt::load_npy<float>(refdir + "/" + c + "/dy.npy")), {0, 2, 3, 1});
+            xt::dump_npy(dypath, dy_);
             layout = "NHWC";
         }
         const auto r = normspec_cli("run --norm " + norm + " --layout " + layout + " --x " + xpath + params + " " + extra +
-                                    " --out " + out.string());
+                                    " --dy " + dypath + " --out " + out.string());
         REQUIRE_MESSAGE(r.status == 0, r.err);
         xt::xarray<double> y = got(out, "y");
         if (nhwc) y = xt::transpose(y, {0, 3, 1, 2});
         CHECK(th::rel_err(y, want(c, "y")) < 2e-6);
         CHECK(th::rel_err(got(out, "rstd"), want(c, "rstd")) < 2e-6);
         if (has_mean) CHECK(th::rel_err(got(out, "mean"), want(c, "mean")) < 2e-6);
+        xt::xarray<double> dx = got(out, "dx");
+        if (nhwc) dx = xt::transpose(dx, {0, 3, 1, 2});
+        CHECK(th::rel_err(dx, want(c, "dx")) < 2e-6);
+        CHECK(th::rel_err(got(out, "dgamma"), want(c, "dgamma")) < 2e-6);
+        if (has_beta) CHECK(th::rel_err(got(out, "dbeta"), want(c, "dbeta")) < 2e-6);
     }
 }
 
 }  // namespace
 
-TEST_CASE("normspec run matches PyTorch for the six aliases, NCHW and NHWC, train and eval") {
+TEST_CASE("normspec run matches PyTorch for the six aliases, NCHW and NHWC, train and eval, forward and backward") {
     const std::string bn = refdir + "/batch_norm_train/";
     check_case("batch_norm_train", "batch_norm",
                "--running-mean " + bn + "running_mean.npy --running-var " + bn + "running_var.npy");

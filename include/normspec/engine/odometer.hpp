@@ -11,7 +11,7 @@
 namespace normspec::engine {
 
 struct offsets {
-    index_t x = 0, y = 0, stat = 0, param = 0;
+    index_t x = 0, y = 0, stat = 0, param = 0, dy = 0;
 };
 
 inline index_t count_of(const std::vector<loop_dim>& dims) {
@@ -35,6 +35,7 @@ void for_range(const std::vector<loop_dim>& dims, index_t begin, index_t end, F&
         o.y += idx[d] * dims[d].sy;
         o.stat += idx[d] * dims[d].sstat;
         o.param += idx[d] * dims[d].sparam;
+        o.dy += idx[d] * dims[d].sdy;
     }
     for (index_t i = begin; i < end; ++i) {
         f(o);
@@ -45,6 +46,7 @@ void for_range(const std::vector<loop_dim>& dims, index_t begin, index_t end, F&
                 o.y += L.sy;
                 o.stat += L.sstat;
                 o.param += L.sparam;
+                o.dy += L.sdy;
                 break;
             }
             idx[d] = 0;
@@ -52,6 +54,7 @@ void for_range(const std::vector<loop_dim>& dims, index_t begin, index_t end, F&
             o.y -= (L.extent - 1) * L.sy;
             o.stat -= (L.extent - 1) * L.sstat;
             o.param -= (L.extent - 1) * L.sparam;
+            o.dy -= (L.extent - 1) * L.sdy;
         }
     }
 }

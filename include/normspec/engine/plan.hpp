@@ -140,6 +140,7 @@ struct loop_dim {
     index_t extent = 1, sx = 0, sy = 0, sstat = 0, sparam = 0;
     bool reduced = false;
     std::string name;
+    index_t sdy = 0;  // the step in dy (backward); x's step when there is no dy
 };
 
 struct plan {
@@ -169,28 +170,31 @@ inline std::vector<loop_dim> coalesce(std::vector<loop_dim> dims, bool by_role, 
         if (!out.empty()) {
             loop_dim& o = out.back();
             const bool fits = o.sx == d.sx * d.extent && o.sy == d.sy * d.extent && o.sstat == d.sstat * d.extent &&
-                              (!by_param || o.sparam == d.sparam * d.extent) && (!by_role || o.reduced == d.reduced);
+                              o.sdy == d.sdy * d.extent && (!by_param || o.sparam == d.sparam * d.extent) &&
+                              (!by_role || o.reduced == d.reduced);
             if (fits) {
                 o.extent *= d.extent;
                 o.sx = d.sx;
                 o.sy = d.sy;
                 o.sstat = d.sstat;
                 o.sparam = d.sparam;
+                o.sdy = d.sdy;
                 o.name += "*" + d.name;
                 continue;
             }
         }
         out.push_back(d);
     }
-    if (out.empty()) out.push_back(loop_dim{1, 0, 0, 0, 0, true, "1"});
+    if (out.empty()) out.push_back(loop_dim{1, 0, 0, 0, 0, true, "1", 0});
     return out;
 }
 }  // namespace detail
 
-/// x and y have the binding's extents; parameters and statistics are packed row-major
-/// (parameters in the spec's canonical axis order, statistics in layout order).
+/// x and y (and dy, for the backward pass) have the binding's extents; parameters and statistics
+/// are packed row-major (parameters in the spec's canonical axis order, statistics in layout order).
 template <class TX, class TY>
-plan make_plan(const binding& b, const strided<TX>& x, const strided<TY>& y, bool has_params) {
+plan make_plan(const binding& b, const strided<TX>& x, const strided<TY>& y, bool has_params,
+               const index_t* dy_strides = nullptr) {
     std::array<index_t, max_rank> stat_stride{}, param_stride{};
     {
         index_t s = 1;
@@ -209,13 +213,14 @@ plan make_plan(const binding& b, const strided<TX>& x, const strided<TY>& y, boo
         const std::string name(b.names[d]);
         if (d == b.group_dim) {
             const index_t m = b.shape[d] / b.groups;  // members per group
+            const index_t sdy = dy_strides ? dy_strides[d] : x.strides[d];
             if (b.groups > 1)
                 dims.push_back({b.groups, x.strides[d] * m, y.strides[d] * m, stat_stride[d], param_stride[d] * m, false,
-                                "G(" + name + ")"});
-            if (m > 1) dims.push_back({m, x.strides[d], y.strides[d], 0, param_stride[d], true, name + "/G"});
+                                "G(" + name + ")", sdy * m});
+            if (m > 1) dims.push_back({m, x.strides[d], y.strides[d], 0, param_stride[d], true, name + "/G", sdy});
         } else if (b.shape[d] > 1) {
             dims.push_back({b.shape[d], x.strides[d], y.strides[d], b.reduced[d] ? 0 : stat_stride[d],
-                            has_params ? param_stride[d] : 0, b.reduced[d], name});
+                            has_params ? param_stride[d] : 0, b.reduced[d], name, dy_strides ? dy_strides[d] : x.strides[d]});
         }
     }
     plan p;

@@ -1,0 +1,113 @@
+// normspec/backward.hpp
+// backward(spec, named<...>(x), dy, saved, keywords...): gradients of any spec, from the forward's
+// saved statistics (pass the forward's result as it is). Returns dx (shaped as x) and, for specs
+// with parameters, dgamma and dbeta (shaped as gamma). Keywords: gamma(g) (the forward's gamma;
+// omitted: 1), mode::eval (a norm with running statistics then treats them as constants, as its
+// forward did), threads(n).
+#ifndef NORMSPEC_BACKWARD_HPP
+#define NORMSPEC_BACKWARD_HPP
+
+#include "engine/backward.hpp"
+#include "forward.hpp"
+
+namespace normspec {
+
+template <class T, std::size_t R, std::size_t P>
+struct backward_result {
+    xt::xtensor<T, R> dx;
+    xt::xtensor<T, P> dgamma, dbeta;  // empty where the spec has no gamma or beta
+};
+
+namespace kw {
+template <class K>
+struct is_backward_keyword : std::bool_constant<is_gamma<K>::value || is_threads<K>::value || is_mode<K>::value> {};
+}  // namespace kw
+
+namespace detail {
+/// Fills engine arguments for the saved statistics, checking their extents.
+template <class T, class U, std::size_t K>
+void saved_into(const engine::binding& b, bool rms, const saved_stats<U, K>& saved, xt::xarray<T>& mean, xt::xarray<T>& rstd,
+                engine::backward_args<T>& a) {
+    rstd = packed_checked<T>("saved rstd", b.stat_names, b.stat_shape, saved.rstd, "the statistics'");
+    a.rstd = rstd.data();
+    if (!rms) {
+        mean = packed_checked<T>("saved mean", b.stat_names, b.stat_shape, saved.mean, "the statistics'");
+        a.mean = mean.data();
+    }
+}
+}  // namespace detail
+
+template <spec S, class E, class... A, class DY, class U, std::size_t K, class... Kw>
+auto backward(S, const named_tensor<E, A...>& xn, const DY& dy, const saved_stats<U, K>& saved, Kw&&... kws) {
+    using X = std::decay_t<E>;
+    using T = std::decay_t<typename X::value_type>;
+    using TensorAxes = axis_list<A...>;
+    using StatAxes = typename S::template stat_axes<A...>;
+    constexpr std::size_t R = sizeof...(A), P = S::param_axes::size;
+
+    constexpr bool ok_type = diagnostic::require<std::is_same_v<T, float> || std::is_same_v<T, double>,
+                                                 diagnostic::forward_needs_float_or_double, T>();
+    constexpr bool ok_bind = check_binding<S, TensorAxes>();
+    constexpr bool ok_rank = diagnostic::require<K == StatAxes::size, diagnostic::saved_statistics_do_not_match_the_tensor,
+                                                 StatAxes, std::integral_constant<std::size_t, K>>();
+    constexpr bool ok_kw = (diagnostic::require<kw::is_backward_keyword<std::decay_t<Kw>>::value,
+                                                diagnostic::backward_takes_no_such_argument, std::decay_t<Kw>>() && ...);
+    constexpr bool ok_gamma = diagnostic::require<S::has_gamma || !kw::has<kw::is_gamma, Kw...>,
+                                                  diagnostic::gamma_given_to_a_norm_without_parameters, S>();
+    if constexpr (!(ok_type && ok_bind && ok_rank && ok_kw && ok_gamma)) {
+        return;  // the diagnostics above say why
+    } else {
+        static const spec_desc desc = describe<S>();
+        const auto& xe = [&]() -> decltype(auto) {
+            if constexpr (detail::has_memory<X>)
+                return (xn.expr);
+            else
+                return xt::xarray<T>(xn.expr);
+        }();
+        engine::backward_args<T> args;
+        args.x = detail::lower<const T>(xe);
+        args.threads = kw::find<kw::is_threads>(kw::threads_t{0}, kws...).value;
+        const bool eval = kw::find<kw::is_mode>(mode::train, kws...) == mode::eval;
+        args.constant_stats = eval && S::has_running_stats;
+        const auto groups = S::grouped ? engine::index_t(saved.rstd.shape()[K - 1]) : 0;  // G from the statistics
+        const engine::binding b = engine::bind(desc, {A::name...}, args.x.shape.data(), args.x.rank,
+                                               S::runtime_groups && K > 0 ? groups : 0);
+        const std::vector<std::string> xnames{std::string(A::name)...};
+        // dy: its own memory when it has it, in T
+        xt::xarray<T> dy_copy;
+        if constexpr (detail::has_memory<DY> && std::is_same_v<std::decay_t<typename DY::value_type>, T>) {
+            engine::check_extents("dy", xnames, detail::shape_of(xe), detail::shape_of(dy).data(), int(dy.dimension()), "x's");
+            args.dy = detail::lower<const T>(dy);
+        } else {
+            dy_copy = detail::packed_checked<T>("dy", xnames, detail::shape_of(xe), dy, "x's");
+            args.dy = detail::lower<const T>(dy_copy);
+        }
+        xt::xarray<T> mean, rstd, gp;
+        detail::saved_into<T>(b, S::is_rms, saved, mean, rstd, args);
+        auto&& g_kw = kw::find<kw::is_gamma>(detail::none{}, kws...);
+        if constexpr (!std::is_same_v<std::decay_t<decltype(g_kw)>, detail::none>)
+            args.gamma = detail::parameter_data<T>("gamma", engine::param_axis_names(b), b.param_shape, g_kw.e, gp, "the tensor's");
+
+        backward_result<T, R, P> res;
+        std::array<std::size_t, R> shape{};
+        for (std::size_t d = 0; d < R; ++d) shape[d] = xe.shape()[d];
+        res.dx = xt::xtensor<T, R>::from_shape(shape);
+        args.dx = detail::lower<T>(res.dx);
+        std::array<std::size_t, P> pshape{};
+        for (std::size_t i = 0; i < P; ++i) pshape[i] = std::size_t(b.param_shape[i]);
+        if constexpr (S::has_gamma) {
+            res.dgamma = xt::xtensor<T, P>::from_shape(pshape);
+            args.dgamma = res.dgamma.data();
+        }
+        if constexpr (S::has_beta) {
+            res.dbeta = xt::xtensor<T, P>::from_shape(pshape);
+            args.dbeta = res.dbeta.data();
+        }
+        engine::backward(desc, b, args);
+        return res;
+    }
+}
+
+}  // namespace normspec
+
+#endif  // NORMSPEC_BACKWARD_HPP

@@ -1,0 +1,214 @@
+// The backward pass: against PyTorch autograd (float32 inputs, float64 references), against central
+// finite differences in double on odd shapes and strided views, gradient-sum identities, errors.
+#include "helpers.hpp"
+
+#include <xtensor/xmanipulation.hpp>
+#include <xtensor/xnpy.hpp>
+
+using namespace normspec;
+
+namespace {
+
+xt::xarray<float> in(const std::string& c, const std::string& f) {
+    return xt::load_npy<float>(std::string(NORMSPEC_REFERENCE_DIR) + "/" + c + "/" + f + ".npy");
+}
+xt::xarray<double> want(const std::string& c, const std::string& f) {
+    return xt::load_npy<double>(std::string(NORMSPEC_REFERENCE_DIR) + "/" + c + "/" + f + ".npy");
+}
+constexpr double tol = 2e-6;  // relative to the largest reference value; the target is 2e-5
+
+/// forward (with its keywords) then backward (in mode m) on NCHW and on NHWC data; dx, dgamma,
+/// dbeta against autograd's
+template <class Spec, class... Kw>
+void check_cnn(const std::string& c, mode m, Kw&&... kw) {
+    CAPTURE(c);
+    xt::xtensor<float, 4> x = in(c, "x"), dy = in(c, "dy");
+    auto g = in(c, "gamma"), b = in(c, "beta");
+    auto r = forward(Spec{}, named<N, C, H, W>(x), gamma(g), beta(b), kw...);
+    auto grad = backward(Spec{}, named<N, C, H, W>(x), dy, r, gamma(g), m);
+    CHECK(th::rel_err(grad.dx, want(c, "dx")) < tol);
+    CHECK(th::rel_err(grad.dgamma, want(c, "dgamma")) < tol);
+    CHECK(th::rel_err(grad.dbeta, want(c, "dbeta")) < tol);
+    xt::xtensor<float, 4> xh = xt::transpose(x, {0, 2, 3, 1}), dyh = xt::transpose(dy, {0, 2, 3, 1});
+    auto rh = forward(Spec{}, named<N, H, W, C>(xh), gamma(g), beta(b), kw...);
+    auto gh = backward(Spec{}, named<N, H, W, C>(xh), dyh, rh, gamma(g), m);
+    CHECK(th::rel_err(xt::transpose(gh.dx, {0, 3, 1, 2}), want(c, "dx")) < tol);
+    CHECK(th::rel_err(gh.dgamma, want(c, "dgamma")) < tol);
+    CHECK(th::rel_err(gh.dbeta, want(c, "dbeta")) < tol);
+}
+
+/// dx of L = sum(dy * y) by central differences, element by element through x (any view)
+template <class Spec, class... A, class X, class... Kw>
+xt::xarray<double> numeric_dx(X& x, const xt::xarray<double>& dy, Kw&&... kw) {
+    xt::xarray<double> dx = xt::zeros<double>(dy.shape());
+    std::size_t i = 0;
+    for (auto it = x.begin(); it != x.end(); ++it, ++i) {
+        const double x0 = *it, h = 1e-6 * std::max(1.0, std::abs(x0));
+        *it = x0 + h;
+        const double lp = xt::sum(dy * forward(Spec{}, named<A...>(x), kw...).y)();
+        *it = x0 - h;
+        const double lm = xt::sum(dy * forward(Spec{}, named<A...>(x), kw...).y)();
+        *it = x0;
+        dx.data()[i] = (lp - lm) / (2 * h);
+    }
+    return dx;
+}
+
+template <class Spec, class... A, class X>
+void check_finite_differences(X& x, long groups = 0) {
+    xt::xarray<double> xv = x;
+    std::vector<std::size_t> shape(xv.shape().begin(), xv.shape().end());
+    const xt::xarray<double> dy = th::randn(shape);
+    auto [g, b] = th::params_for<Spec, A...>(shape);
+    auto run = [&](auto&&... extra) {
+        auto with = [&](auto&&... more) {
+            if constexpr (Spec::has_beta)
+                return forward(Spec{}, named<A...>(x), gamma(g), beta(b), more..., extra...);
+            else if constexpr (Spec::has_gamma)
+                return forward(Spec{}, named<A...>(x), gamma(g), more..., extra...);
+            else
+                return forward(Spec{}, named<A...>(x), more..., extra...);
+        };
+        if constexpr (Spec::runtime_groups) return with(num_groups(groups));
+        else return with();
+    };
+    const auto r = run();
+    auto grad = [&] {
+        if constexpr (Spec::has_gamma) return backward(Spec{}, named<A...>(x), dy, r, gamma(g));
+        else return backward(Spec{}, named<A...>(x), dy, r);
+    }();
+    xt::xarray<double> numeric;
+    if constexpr (Spec::runtime_groups) {
+        if constexpr (Spec::has_beta) numeric = numeric_dx<Spec, A...>(x, dy, gamma(g), beta(b), num_groups(groups));
+    } else if constexpr (Spec::has_beta) {
+        numeric = numeric_dx<Spec, A...>(x, dy, gamma(g), beta(b));
+    } else if constexpr (Spec::has_gamma) {
+        numeric = numeric_dx<Spec, A...>(x, dy, gamma(g));
+    } else {
+        numeric = numeric_dx<Spec, A...>(x, dy);
+    }
+    CHECK(th::rel_err(grad.dx, numeric) < 1e-6);
+    if constexpr (Spec::has_beta) {
+        // dbeta = sum of dy and dgamma = sum of dy * xhat per parameter: y = xhat * gamma + beta
+        const auto r0 = [&] {
+            if constexpr (Spec::runtime_groups) return forward(Spec{}, named<A...>(x), num_groups(groups));
+            else return forward(Spec{}, named<A...>(x));
+        }();
+        const xt::xarray<double> xhat = r0.y;  // no parameters: y is xhat
+        xt::xarray<double> dg = xt::zeros<double>(g.shape()), db = xt::zeros<double>(g.shape());
+        // accumulate by parameter index with the reference's indexing
+        const std::vector<std::string_view> names{A::name...};
+        const auto d = describe<Spec>();
+        std::vector<std::size_t> idx(shape.size());
+        for (std::size_t flat = 0; flat < xhat.size(); ++flat) {
+            std::size_t rest = flat;
+            for (std::size_t k = shape.size(); k-- > 0;) idx[k] = rest % shape[k], rest /= shape[k];
+            std::size_t p = 0;
+            for (auto pa : d.params)
+                for (std::size_t k = 0; k < names.size(); ++k)
+                    if (names[k] == pa) p = p * shape[k] + idx[k];
+            dg.data()[p] += dy.data()[flat] * xhat.data()[flat];
+            db.data()[p] += dy.data()[flat];
+        }
+        CHECK(th::rel_err(grad.dgamma, dg) < 1e-10);
+        CHECK(th::rel_err(grad.dbeta, db) < 1e-10);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("backward matches PyTorch autograd for every alias, NCHW and NHWC, training and evaluation") {
+    xt::xtensor<float, 1> rm = in("batch_norm_train", "running_mean"), rv = in("batch_norm_train", "running_var");
+    check_cnn<batch_norm>("batch_norm_train", mode::train, running(rm, rv));
+    xt::xtensor<float, 1> rme = in("batch_norm_eval", "running_mean"), rve = in("batch_norm_eval", "running_var");
+    check_cnn<batch_norm>("batch_norm_eval", mode::eval, running(rme, rve), mode::eval);
+    check_cnn<layer_norm_cnn>("layer_norm_cnn", mode::train);
+    check_cnn<layer_norm_cnn>("layer_norm_cnn", mode::eval, mode::eval);  // one code path: the same gradients
+    check_cnn<instance_norm>("instance_norm", mode::train);
+    check_cnn<group_norm<1>>("group_norm_1", mode::train);
+    check_cnn<group_norm<4>>("group_norm_4", mode::train);
+    check_cnn<group_norm<12>>("group_norm_12", mode::train);
+    check_cnn<group_norm<>>("group_norm_4", mode::train, num_groups(4));
+    for (std::string c : {"layer_norm", "layer_norm_large_offset"}) {
+        CAPTURE(c);
+        xt::xtensor<float, 3> x = in(c, "x"), dy = in(c, "dy");
+        auto g = in(c, "gamma"), b = in(c, "beta");
+        auto grad = backward(layer_norm{}, named<B, T, D>(x), dy, forward(layer_norm{}, named<B, T, D>(x), gamma(g), beta(b)), gamma(g));
+        CHECK(th::rel_err(grad.dx, want(c, "dx")) < tol);
+        CHECK(th::rel_err(grad.dgamma, want(c, "dgamma")) < tol);
+        CHECK(th::rel_err(grad.dbeta, want(c, "dbeta")) < tol);
+    }
+    xt::xtensor<float, 3> x = in("rms_norm", "x"), dy = in("rms_norm", "dy");
+    auto g = in("rms_norm", "gamma");
+    auto grad = backward(rms_norm{}, named<B, T, D>(x), dy, forward(rms_norm{}, named<B, T, D>(x), gamma(g)), gamma(g));
+    CHECK(th::rel_err(grad.dx, want("rms_norm", "dx")) < tol);
+    CHECK(th::rel_err(grad.dgamma, want("rms_norm", "dgamma")) < tol);
+    CHECK(grad.dbeta.size() == 0);
+}
+
+struct Heads : axis<"Heads"> {};
+struct Dh : axis<"Dh"> {};
+
+TEST_CASE("backward matches central finite differences in double on odd shapes and strided views") {
+    for (auto shape : std::vector<std::vector<std::size_t>>{{2, 3, 5, 1}, {3, 2, 1, 4}, {1, 4, 3, 3}}) {
+        CAPTURE(shape);
+        xt::xarray<double> x = th::randn(shape, 0.5, 1.5);
+        check_finite_differences<batch_norm, N, C, H, W>(x);
+        check_finite_differences<layer_norm_cnn, N, C, H, W>(x);
+        check_finite_differences<instance_norm, N, C, H, W>(x);
+        xt::xarray<double> xh = xt::transpose(x, {0, 2, 3, 1});
+        check_finite_differences<batch_norm, N, H, W, C>(xh);
+        check_finite_differences<instance_norm, N, H, W, C>(xh);
+        if (shape[1] % 2 == 0) {
+            check_finite_differences<group_norm<2>, N, C, H, W>(x);
+            check_finite_differences<group_norm<>, N, H, W, C>(xh, 2);
+        }
+    }
+    // a strided view: every other channel of a wider tensor
+    xt::xarray<double> wide = th::randn({2, 8, 3, 3});
+    auto view = xt::view(wide, xt::all(), xt::range(0, 8, 2), xt::all(), xt::all());
+    check_finite_differences<batch_norm, N, C, H, W>(view);
+    check_finite_differences<group_norm<2>, N, C, H, W>(view);
+    xt::xarray<double> seq = th::randn({2, 3, 7}, 1.0);
+    check_finite_differences<layer_norm, B, T, D>(seq);
+    check_finite_differences<rms_norm, B, T, D>(seq);
+    check_finite_differences<norm<reduce<B, T>, affine<D>>, B, T, D>(seq);  // BatchNorm over tokens
+    check_finite_differences<norm<reduce<T, D>>, B, T, D>(seq);              // no parameters
+    xt::xarray<double> heads = th::randn({2, 3, 2, 5}, 0.2);
+    check_finite_differences<norm<reduce<Dh>, scale<Dh>, rms>, B, T, Heads, Dh>(heads);
+    check_finite_differences<norm<reduce<Dh>, affine<Heads, Dh>>, B, T, Heads, Dh>(heads);
+}
+
+TEST_CASE("centred norms: with constant gamma, dx sums to zero over each reduction group") {
+    xt::xtensor<double, 4> x = th::randn({3, 6, 4, 5}, 2.0), dy = th::randn({3, 6, 4, 5});
+    xt::xtensor<double, 1> g = xt::ones<double>({6}) * 1.7;
+    auto bn = backward(batch_norm{}, named<N, C, H, W>(x), dy, forward(batch_norm{}, named<N, C, H, W>(x), gamma(g)), gamma(g));
+    for (std::size_t c = 0; c < 6; ++c) CHECK(std::abs(xt::sum(xt::view(bn.dx, xt::all(), c))()) < 1e-10);
+    auto gn = backward(group_norm<3>{}, named<N, C, H, W>(x), dy, forward(group_norm<3>{}, named<N, C, H, W>(x), gamma(g)), gamma(g));
+    for (std::size_t n = 0; n < 3; ++n)
+        for (std::size_t grp = 0; grp < 3; ++grp)
+            CHECK(std::abs(xt::sum(xt::view(gn.dx, n, xt::range(2 * grp, 2 * grp + 2)))()) < 1e-10);
+    xt::xtensor<double, 3> s = th::randn({4, 5, 9}), sdy = th::randn({4, 5, 9});
+    auto ln = backward(layer_norm{}, named<B, T, D>(s), sdy, forward(layer_norm{}, named<B, T, D>(s)));
+    CHECK(xt::amax(xt::abs(xt::sum(ln.dx, {2})))() < 1e-10);
+    // and evaluation of BatchNorm is a per-channel scale: dx = dy * gamma * rstd_running
+    xt::xtensor<double, 1> rm = xt::zeros<double>({6}), rv = xt::ones<double>({6}) * 4.0;
+    auto r = forward(batch_norm{}, named<N, C, H, W>(x), gamma(g), running(rm, rv), mode::eval);
+    auto ev = backward(batch_norm{}, named<N, C, H, W>(x), dy, r, gamma(g), mode::eval);
+    CHECK(th::rel_err(ev.dx, dy * (1.7 / std::sqrt(4.0 + 1e-5))) < 1e-14);
+}
+
+TEST_CASE("backward: shapes of dy and of the saved statistics are checked by name") {
+    xt::xtensor<float, 4> x = xt::ones<float>({2, 4, 3, 3}), dy = xt::ones<float>({2, 4, 3, 5});
+    auto r = forward(batch_norm{}, named<N, C, H, W>(x));
+    CHECK_THROWS_WITH_AS(backward(batch_norm{}, named<N, C, H, W>(x), dy, r), doctest::Contains("dy axis W has extent 5 but x's axis W has extent 3"),
+                         std::invalid_argument);
+    xt::xtensor<float, 4> other = xt::ones<float>({2, 5, 3, 3});
+    auto r_other = forward(batch_norm{}, named<N, C, H, W>(other));
+    xt::xtensor<float, 4> dy_ok = xt::ones<float>({2, 4, 3, 3});
+    CHECK_THROWS_WITH_AS(backward(batch_norm{}, named<N, C, H, W>(x), dy_ok, r_other),
+                         doctest::Contains("saved rstd axis C has extent 5 but the statistics' axis C has extent 4"), std::invalid_argument);
+    xt::xtensor<float, 1> g3 = xt::ones<float>({3});
+    CHECK_THROWS_WITH_AS(backward(batch_norm{}, named<N, C, H, W>(x), dy_ok, r, gamma(g3)),
+                         doctest::Contains("gamma axis C has extent 3 but the tensor's axis C has extent 4"), std::invalid_argument);
+}
