@@ -19,8 +19,8 @@ inline constexpr double llc_bytes = 32.0 * 1024 * 1024;  // this machine's L3
 inline constexpr float eps = 1e-5f;
 inline constexpr float momentum = 0.1f;
 
-enum class op { fwd_train, fwd_eval };
-inline const char* op_name(op o) { return o == op::fwd_train ? "fwd_train" : "fwd_eval"; }
+enum class op { fwd_train, fwd_eval, bwd };  // bwd: gradients of a training-mode forward
+inline const char* op_name(op o) { return o == op::fwd_train ? "fwd_train" : o == op::fwd_eval ? "fwd_eval" : "bwd"; }
 
 struct bench_case {
     std::string norm;    // batch_norm, layer_norm_cnn, layer_norm, instance_norm, group_norm, rms_norm
@@ -47,20 +47,24 @@ struct bench_case {
     /// The statistics of one kept index need the whole tensor (BatchNorm), so out of cache the
     /// normalize sweep reads x a second time from memory.
     bool second_read() const { return norm == "batch_norm" && out_of_cache(); }
-    /// Bytes the traffic model says one run moves: x read (once, or twice), y written.
-    double model_bytes() const { return 4.0 * double(size()) * (second_read() ? 3.0 : 2.0); }
+    /// Bytes the traffic model says one run moves: forward: x read (once, or twice), y written;
+    /// backward: x and dy read, dx written.
+    double model_bytes(op o) const {
+        if (o == op::bwd) return 4.0 * double(size()) * 3.0;
+        return 4.0 * double(size()) * (second_read() ? 3.0 : 2.0);
+    }
 };
 
 /// Inputs of a case, float32, x in the case's memory layout; parameters on the spec's axes.
 struct inputs {
-    std::vector<float> x, gamma, beta, running_mean, running_var;
+    std::vector<float> x, gamma, beta, running_mean, running_var, dy;
     std::int64_t param_size = 0, stat_size = 0;
 };
 
 struct runner {
     virtual ~runner() = default;
     virtual void run() = 0;
-    virtual const float* y() const = 0;  // in the case's memory layout
+    virtual const float* y() const = 0;  // in the case's memory layout (bwd: dx)
 };
 
 /// An implementation: makes a runner for (case, op, threads), or nullptr where it has no such kernel.

@@ -119,6 +119,7 @@ struct hw_runner : bench::owned_output {
 };
 
 const bench::registration reg("handwritten", [](const bench_case& c, bench::op o, int, const bench::inputs& in) {
+    if (o == bench::op::bwd) return std::unique_ptr<bench::runner>();  // forward only
     return std::unique_ptr<bench::runner>(std::make_unique<hw_runner>(c, o, in));
 });
 }  // namespace

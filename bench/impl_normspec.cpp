@@ -1,4 +1,5 @@
-// normspec: the zoo's aliases on raw buffers through xt::adapt, output preallocated.
+// normspec: the zoo's aliases on raw buffers through xt::adapt, output preallocated; bwd runs
+// backward() from the statistics of one training-mode forward, dx into a preallocated buffer.
 #include "bench.hpp"
 
 #include <normspec/normspec.hpp>
@@ -17,7 +18,33 @@ struct ns_runner : bench::owned_output {
         else
             shape.assign(c.shape.begin(), c.shape.end());
     }
+    using saved_t = saved_stats<float, Spec::template stat_axes<A...>::size>;
+    saved_t saved;  // bwd: the statistics of a training-mode forward, taken once
+
+    template <class X, class G>
+    auto backward_into(const X& x, const G& g) {
+        auto dy = xt::adapt(in.dy.data(), in.dy.size(), xt::no_ownership(), shape);
+        auto dx = xt::adapt(out.data(), out.size(), xt::no_ownership(), shape);
+        if constexpr (Spec::has_gamma)
+            return backward(Spec{}, named<A...>(x), dy, saved, gamma(g), normspec::out(dx), normspec::threads(this->threads));
+        else
+            return backward(Spec{}, named<A...>(x), dy, saved, normspec::out(dx), normspec::threads(this->threads));
+    }
+
     void run() override {
+        if (o == bench::op::bwd) {
+            auto x = xt::adapt(in.x.data(), in.x.size(), xt::no_ownership(), shape);
+            std::vector<std::size_t> pshape{std::size_t(in.param_size)};
+            if (c.norm == "layer_norm_cnn") pshape = {std::size_t(c.shape[1]), std::size_t(c.shape[2]), std::size_t(c.shape[3])};
+            auto g = xt::adapt(in.gamma.data(), in.gamma.size(), xt::no_ownership(), pshape);
+            if (saved.rstd.size() == 0) {  // first call: the forward, in training mode
+                o = bench::op::fwd_train;
+                run();
+                o = bench::op::bwd;
+            }
+            backward_into(x, g);
+            return;
+        }
         auto x = xt::adapt(in.x.data(), in.x.size(), xt::no_ownership(), shape);
         auto y = xt::adapt(out.data(), out.size(), xt::no_ownership(), shape);
         std::vector<std::size_t> pshape{std::size_t(in.param_size)};
@@ -28,13 +55,13 @@ struct ns_runner : bench::owned_output {
         if constexpr (Spec::has_running_stats) {
             auto m = xt::adapt(rm.data(), rm.size(), xt::no_ownership(), std::vector<std::size_t>{rm.size()});
             auto v = xt::adapt(rv.data(), rv.size(), xt::no_ownership(), std::vector<std::size_t>{rv.size()});
-            forward(Spec{}, named<A...>(x), gamma(g), beta(b), running(m, v), mode_, normspec::out(y), normspec::threads(this->threads));
+            saved = forward(Spec{}, named<A...>(x), gamma(g), beta(b), running(m, v), mode_, normspec::out(y), normspec::threads(this->threads));
         } else if constexpr (Spec::runtime_groups) {
-            forward(Spec{}, named<A...>(x), gamma(g), beta(b), num_groups(c.groups), mode_, normspec::out(y), normspec::threads(this->threads));
+            saved = forward(Spec{}, named<A...>(x), gamma(g), beta(b), num_groups(c.groups), mode_, normspec::out(y), normspec::threads(this->threads));
         } else if constexpr (Spec::has_beta) {
-            forward(Spec{}, named<A...>(x), gamma(g), beta(b), mode_, normspec::out(y), normspec::threads(this->threads));
+            saved = forward(Spec{}, named<A...>(x), gamma(g), beta(b), mode_, normspec::out(y), normspec::threads(this->threads));
         } else {
-            forward(Spec{}, named<A...>(x), gamma(g), mode_, normspec::out(y), normspec::threads(this->threads));
+            saved = forward(Spec{}, named<A...>(x), gamma(g), mode_, normspec::out(y), normspec::threads(this->threads));
         }
     }
 };

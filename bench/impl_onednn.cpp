@@ -1,6 +1,8 @@
 // onednn (libdnnl-dev 2.6): batch_normalization_forward (NCHW, NHWC; InstanceNorm on NCHW as
 // BatchNorm over a (1, N*C, H, W) view with gamma tiled per image) and layer_normalization_forward
 // (rows; LayerNorm over C,H,W as rows of C*H*W). oneDNN 2.6 has no GroupNorm or RMSNorm.
+// bwd: batch_normalization_backward and layer_normalization_backward (prop_kind::backward: dx, and
+// dscale/dshift) from the statistics of one forward.
 #include "bench.hpp"
 
 #include <oneapi/dnnl/dnnl.hpp>
@@ -18,8 +20,11 @@ struct dnnl_runner : bench::owned_output {
     std::unordered_map<int, memory> args;
     std::vector<float> gamma, beta, mean, var;
 
+    std::vector<float> dscale, dshift;
+
     dnnl_runner(const bench_case& c_, bench::op o_, const bench::inputs& in_) : owned_output(c_, o_, in_) {
-        const bool train = o == bench::op::fwd_train;
+        const bool backward = o == bench::op::bwd;
+        const bool train = o == bench::op::fwd_train || backward;
         const bool bn = c.norm == "batch_norm", inorm = c.norm == "instance_norm";
         memory::desc md;
         std::int64_t channels;
@@ -37,6 +42,10 @@ struct dnnl_runner : bench::owned_output {
                                                 bench::eps, flags);
             batch_normalization_forward::primitive_desc pd(d, eng);
             prim = batch_normalization_forward(pd);
+            if (backward) {
+                batch_normalization_backward::desc bd(prop_kind::backward, md, md, bench::eps, flags);
+                backward_prim = batch_normalization_backward(batch_normalization_backward::primitive_desc(bd, eng, pd));
+            }
         } else {
             const std::int64_t rows = c.N(), n = c.size() / c.N();
             md = memory::desc({rows, n}, dt::f32, tag::ab);
@@ -47,6 +56,11 @@ struct dnnl_runner : bench::owned_output {
                                                 bench::eps, normalization_flags::use_scale | normalization_flags::use_shift);
             layer_normalization_forward::primitive_desc pd(d, eng);
             prim = layer_normalization_forward(pd);
+            if (backward) {
+                layer_normalization_backward::desc bd(prop_kind::backward, md, md, bench::eps,
+                                                      normalization_flags::use_scale | normalization_flags::use_shift);
+                backward_prim = layer_normalization_backward(layer_normalization_backward::primitive_desc(bd, eng, pd));
+            }
         }
         const memory::desc pmd({channels}, dt::f32, tag::a);
         const memory::desc smd({std::int64_t(mean.size())}, dt::f32, tag::a);
@@ -56,9 +70,27 @@ struct dnnl_runner : bench::owned_output {
         args[DNNL_ARG_SHIFT] = memory(pmd, eng, beta.data());
         args[DNNL_ARG_MEAN] = memory(smd, eng, mean.data());
         args[DNNL_ARG_VARIANCE] = memory(smd, eng, var.data());
+        if (backward) {
+            dxbuf.resize(out.size());
+            dscale.resize(gamma.size()), dshift.resize(beta.size());
+            prim.execute(strm, args);  // the forward: its statistics feed every backward
+            strm.wait();
+            bargs = args;
+            bargs.erase(DNNL_ARG_DST);
+            bargs[DNNL_ARG_DIFF_DST] = memory(md, eng, const_cast<float*>(in.dy.data()));
+            bargs[DNNL_ARG_DIFF_SRC] = memory(md, eng, out.data());
+            bargs[DNNL_ARG_DIFF_SCALE] = memory(pmd, eng, dscale.data());
+            bargs[DNNL_ARG_DIFF_SHIFT] = memory(pmd, eng, dshift.data());
+        }
     }
+    primitive backward_prim;
+    std::unordered_map<int, memory> bargs;
+    std::vector<float> dxbuf;
     void run() override {
-        prim.execute(strm, args);
+        if (o == bench::op::bwd)
+            backward_prim.execute(strm, bargs);
+        else
+            prim.execute(strm, args);
         strm.wait();
     }
 };

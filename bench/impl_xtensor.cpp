@@ -77,6 +77,7 @@ struct xt_runner : bench::owned_output {
 };
 
 const bench::registration reg("xtensor", [](const bench_case& c, bench::op o, int, const bench::inputs& in) {
+    if (o == bench::op::bwd) return std::unique_ptr<bench::runner>();  // forward only
     return std::unique_ptr<bench::runner>(std::make_unique<xt_runner>(c, o, in));
 });
 }  // namespace

@@ -51,6 +51,9 @@ inputs make_inputs(const bench_case& c) {
     std::normal_distribution<float> d(0.5f, 2.0f);
     in.x.resize(static_cast<std::size_t>(c.size()));
     for (auto& v : in.x) v = d(gen);
+    in.dy.resize(in.x.size());
+    std::normal_distribution<float> dd(0.0f, 1.0f);
+    for (auto& v : in.dy) v = dd(gen);
     in.param_size = c.norm == "layer_norm_cnn" ? c.size() / c.N() : c.norm == "layer_norm" || c.norm == "rms_norm" ? c.shape[1] : c.C();
     in.stat_size = c.norm == "batch_norm" ? c.C() : 1;
     for (std::int64_t i = 0; i < in.param_size; ++i) in.gamma.push_back(1.0f + 0.001f * float(i % 97)), in.beta.push_back(0.01f * float(i % 13));
@@ -89,7 +92,7 @@ int main(int argc, char** argv) {
     static std::map<std::string, inputs> all_inputs;  // per case, made on first use
     static std::map<std::string, std::vector<float>> expected;  // normspec's y per case/op/threads
     for (const auto& c : cases()) {
-        for (op o : {op::fwd_train, op::fwd_eval}) {
+        for (op o : {op::fwd_train, op::fwd_eval, op::bwd}) {
             for (int threads : {1, 2}) {
                 for (auto& [impl, make] : registry()) {
                     const std::string key = c.norm + "/" + c.layout + "/" + c.shape_name();
@@ -133,8 +136,8 @@ int main(int argc, char** argv) {
                             r->run();
                             benchmark::ClobberMemory();
                         }
-                        st.SetBytesProcessed(std::int64_t(st.iterations()) * std::int64_t(copy ? 8.0 * double(c.size()) : c.model_bytes()));
-                        st.counters["model_bytes"] = c.model_bytes();
+                        st.SetBytesProcessed(std::int64_t(st.iterations()) * std::int64_t(copy ? 8.0 * double(c.size()) : c.model_bytes(o)));
+                        st.counters["model_bytes"] = c.model_bytes(o);
                         st.counters["out_of_cache"] = c.out_of_cache();
                         st.counters["max_rel_diff"] = d;
                     })->UseRealTime()->MinTime(min_time);

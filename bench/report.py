@@ -89,14 +89,21 @@ def geomean(values):
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
 
-def totals(rows):
+def totals(rows, limit_target):
     vs = [r["vs_fastest"] for r in rows if "vs_fastest" in r]
     worst = min((r for r in rows if "vs_fastest" in r), key=lambda r: r["vs_fastest"], default=None)
     ooc = [r["limit_fraction"] for r in rows if r["out_of_cache"] and "limit_fraction" in r]
-    return {"cases": len(rows), "geomean_vs_fastest": geomean(vs), "worst": worst,
+    return {"cases": len(rows), "geomean_vs_fastest": geomean(vs), "worst": worst, "limit_target": limit_target,
             "below_1_2": [r for r in rows if r.get("vs_fastest", 99) < 1.2],
             "ooc_min_fraction": min(ooc) if ooc else float("nan"),
-            "ooc_below_0_85": [r for r in rows if r["out_of_cache"] and r.get("limit_fraction", 1) < 0.85]}
+            "ooc_below_limit": [r for r in rows if r["out_of_cache"] and r.get("limit_fraction", 1) < limit_target]}
+
+
+def split_ops(rows):
+    """forward rows (target: 0.85 of the limit out of cache) and backward rows (0.75)"""
+    fwd = [r for r in rows if r["key"][0] != "bwd"]
+    bwd = [r for r in rows if r["key"][0] == "bwd"]
+    return [("Forward", fwd, 0.85), ("Backward", bwd, 0.75)]
 
 
 def main():
@@ -110,13 +117,16 @@ def main():
     context, cases = load(args.json)
     rows = summarize(cases)
     print_table(rows)
-    t = totals(rows)
-    print(f"\n{t['cases']} cases; geometric mean of normspec's speed over the fastest peer: {t['geomean_vs_fastest']:.2f}")
-    if t["worst"]:
-        print(f"worst case: {'/'.join(t['worst']['key'])} at {t['worst']['vs_fastest']:.2f} of {t['worst']['fastest_peer']}")
-    print(f"out-of-cache cases: lowest fraction of the copy_nt limit {t['ooc_min_fraction']:.2f}")
+    for title, part, target in split_ops(rows):
+        if not part:
+            continue
+        t = totals(part, target)
+        print(f"\n{title}: {t['cases']} cases; geometric mean of normspec's speed over the fastest peer: {t['geomean_vs_fastest']:.2f}")
+        if t["worst"]:
+            print(f"worst case: {'/'.join(t['worst']['key'])} at {t['worst']['vs_fastest']:.2f} of {t['worst']['fastest_peer']}")
+        print(f"out-of-cache cases: lowest fraction of the copy_nt limit {t['ooc_min_fraction']:.2f}")
     if args.markdown:
-        write_markdown(args.markdown, context, rows, t, args.command, args.cli)
+        write_markdown(args.markdown, context, rows, args.command, args.cli)
 
 
 def vector_isa():
@@ -127,7 +137,7 @@ def vector_isa():
     return "AVX-512" if " avx512f " in flags else "AVX2" if " avx2 " in flags else "SSE"
 
 
-def write_markdown(path, context, rows, t, command, cli):
+def write_markdown(path, context, rows, command, cli):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -166,26 +176,38 @@ def write_markdown(path, context, rows, t, command, cli):
         out.write("- every peer's output was checked against normspec's before it was timed (max difference < 1e-4 of the "
                   "largest |y|).\n\n")
         out.write("## Traffic model and limit\n\n")
-        out.write("GB/s counts the bytes a forward pass must move: x read and y written (BatchNorm out of cache: x read "
-                  "twice). `of copy_nt` is normspec's GB/s over the GB/s of a streaming-store copy of the same bytes "
+        out.write("GB/s counts the bytes a pass must move: forward, x read and y written (BatchNorm out of cache: x read "
+                  "twice); backward, x and dy read and dx written. `of copy_nt` is normspec's GB/s over the GB/s of a streaming-store copy of the same bytes "
                   "in the same run (`*`: x and y do not fit in the 32 MiB L3). `vs X` is X's time over normspec's "
                   "(> 1: normspec is faster).\n\n")
-        out.write("## Summary\n\n")
-        out.write(f"- cases: {t['cases']}\n")
-        out.write(f"- geometric mean of normspec's speed over the fastest peer: **{t['geomean_vs_fastest']:.2f}**\n")
-        if t["worst"]:
-            out.write(f"- worst case: `{'/'.join(t['worst']['key'])}` at **{t['worst']['vs_fastest']:.2f}** of "
-                      f"{t['worst']['fastest_peer']}\n")
-        out.write(f"- out-of-cache cases: lowest fraction of the copy_nt limit **{t['ooc_min_fraction']:.2f}**\n")
-        out.write(f"- cases below 1.2x the fastest peer: {len(t['below_1_2'])}; out-of-cache cases below 0.85 of the "
-                  f"limit: {len(t['ooc_below_0_85'])} (listed under 'Shortfalls')\n\n")
+        for title, part, target in split_ops(rows):
+            if not part:
+                continue
+            t = totals(part, target)
+            out.write(f"## {title}\n\n")
+            out.write(f"- cases: {t['cases']}\n")
+            out.write(f"- geometric mean of normspec's speed over the fastest peer: **{t['geomean_vs_fastest']:.2f}**\n")
+            if t["worst"]:
+                out.write(f"- worst case: `{'/'.join(t['worst']['key'])}` at **{t['worst']['vs_fastest']:.2f}** of "
+                          f"{t['worst']['fastest_peer']}\n")
+            out.write(f"- out-of-cache cases: lowest fraction of the copy_nt limit **{t['ooc_min_fraction']:.2f}**\n")
+            out.write(f"- cases below 1.2x the fastest peer: {len(t['below_1_2'])}; out-of-cache cases below "
+                      f"{target} of the limit: {len(t['ooc_below_limit'])} (listed under 'Shortfalls')\n\n")
         out.write(f"![normspec over the fastest peer]({os.path.basename(png)})\n\n")
-        out.write("## All cases\n\n")
-        print_table(rows, out, markdown=True)
-        out.write("\n## Shortfalls\n\n")
-        out.write("Cases under 1.2x the fastest peer, and out-of-cache cases under 0.85 of the copy_nt limit, each with "
-                  "the plan normspec ran (from `normspec plan`).\n\n")
-        short = {r["key"]: r for r in t["below_1_2"] + t["ooc_below_0_85"]}
+        for title, part, target in split_ops(rows):
+            if not part:
+                continue
+            out.write(f"## All {title.lower()} cases\n\n")
+            print_table(part, out, markdown=True)
+            out.write("\n")
+        out.write("## Shortfalls\n\n")
+        out.write("Cases under 1.2x the fastest peer, and out-of-cache cases under the limit target (forward 0.85, "
+                  "backward 0.75 of copy_nt), each with the plan normspec ran for the forward (from `normspec plan`).\n\n")
+        short = {}
+        for title, part, target in split_ops(rows):
+            t = totals(part, target) if part else None
+            if t:
+                short.update({r["key"]: r for r in t["below_1_2"] + t["ooc_below_limit"]})
         if not short:
             out.write("None.\n")
         for key, r in sorted(short.items()):
@@ -197,6 +219,7 @@ def plan_facts(r, cli):
     """What `normspec plan` says this case runs: pattern, sweeps, threads (facts, not a diagnosis)."""
     import subprocess
     op, norm, layout, shape, thr = r["key"]
+    op = "fwd_train" if op == "bwd" else op
     dims = shape.split("x")
     if layout == "NHWC":
         dims = [dims[0], dims[2], dims[3], dims[1]]

@@ -3,7 +3,7 @@
 // saved statistics (pass the forward's result as it is). Returns dx (shaped as x) and, for specs
 // with parameters, dgamma and dbeta (shaped as gamma). Keywords: gamma(g) (the forward's gamma;
 // omitted: 1), mode::eval (a norm with running statistics then treats them as constants, as its
-// forward did), threads(n).
+// forward did), out(dx) (write dx there, any layout; the result's dx is then empty), threads(n).
 #ifndef NORMSPEC_BACKWARD_HPP
 #define NORMSPEC_BACKWARD_HPP
 
@@ -20,7 +20,8 @@ struct backward_result {
 
 namespace kw {
 template <class K>
-struct is_backward_keyword : std::bool_constant<is_gamma<K>::value || is_threads<K>::value || is_mode<K>::value> {};
+struct is_backward_keyword
+    : std::bool_constant<is_gamma<K>::value || is_threads<K>::value || is_mode<K>::value || is_out<K>::value> {};
 }  // namespace kw
 
 namespace detail {
@@ -89,10 +90,24 @@ auto backward(S, const named_tensor<E, A...>& xn, const DY& dy, const saved_stat
             args.gamma = detail::parameter_data<T>("gamma", engine::param_axis_names(b), b.param_shape, g_kw.e, gp, "the tensor's");
 
         backward_result<T, R, P> res;
-        std::array<std::size_t, R> shape{};
-        for (std::size_t d = 0; d < R; ++d) shape[d] = xe.shape()[d];
-        res.dx = xt::xtensor<T, R>::from_shape(shape);
-        args.dx = detail::lower<T>(res.dx);
+        auto&& o_kw = kw::find<kw::is_out>(detail::none{}, kws...);
+        using OK = std::decay_t<decltype(o_kw)>;
+        xt::xarray<T> dx_tmp;
+        if constexpr (!std::is_same_v<OK, detail::none>) {
+            using O = std::decay_t<decltype(o_kw.e)>;
+            engine::check_extents("out", xnames, detail::shape_of(xe), detail::shape_of(o_kw.e).data(), int(o_kw.e.dimension()), "x's");
+            if constexpr (detail::has_memory<O> && std::is_same_v<std::decay_t<typename O::value_type>, T>) {
+                args.dx = detail::lower<T>(o_kw.e);
+            } else {
+                dx_tmp = xt::xarray<T>::from_shape(xe.shape());
+                args.dx = detail::lower<T>(dx_tmp);
+            }
+        } else {
+            std::array<std::size_t, R> shape{};
+            for (std::size_t d = 0; d < R; ++d) shape[d] = xe.shape()[d];
+            res.dx = xt::xtensor<T, R>::from_shape(shape);
+            args.dx = detail::lower<T>(res.dx);
+        }
         std::array<std::size_t, P> pshape{};
         for (std::size_t i = 0; i < P; ++i) pshape[i] = std::size_t(b.param_shape[i]);
         if constexpr (S::has_gamma) {
@@ -104,6 +119,9 @@ auto backward(S, const named_tensor<E, A...>& xn, const DY& dy, const saved_stat
             args.dbeta = res.dbeta.data();
         }
         engine::backward(desc, b, args);
+        if constexpr (!std::is_same_v<OK, detail::none>) {
+            if (args.dx.data == dx_tmp.data()) o_kw.e = dx_tmp;  // the out() had no memory of its own
+        }
         return res;
     }
 }

@@ -137,7 +137,7 @@ template <class Keyword>
 struct backward_takes_no_such_argument {
     static_assert(always_false<Keyword>,
                   "normspec: backward() takes named<...>(x), dy, the forward's saved statistics, then only gamma(), "
-                  "threads() and a mode");
+                  "out(), threads() and a mode");
 };
 template <class Axis, class Which, class ParamExtent, class TensorExtent>
 struct parameter_extent_differs_from_tensor {

@@ -196,6 +196,15 @@ TEST_CASE("centred norms: with constant gamma, dx sums to zero over each reducti
     auto r = forward(batch_norm{}, named<N, C, H, W>(x), gamma(g), running(rm, rv), mode::eval);
     auto ev = backward(batch_norm{}, named<N, C, H, W>(x), dy, r, gamma(g), mode::eval);
     CHECK(th::rel_err(ev.dx, dy * (1.7 / std::sqrt(4.0 + 1e-5))) < 1e-14);
+    // out(dx): into a caller's tensor of another layout, or in place over dy
+    xt::xtensor<double, 4> dx_nhwc = xt::zeros<double>({3, 4, 5, 6});
+    auto r2 = forward(batch_norm{}, named<N, C, H, W>(x), gamma(g));
+    auto into = backward(batch_norm{}, named<N, C, H, W>(x), dy, r2, gamma(g), out(xt::transpose(dx_nhwc, {0, 3, 1, 2})));
+    CHECK(into.dx.size() == 0);
+    CHECK(th::rel_err(xt::transpose(dx_nhwc, {0, 3, 1, 2}), bn.dx) < 1e-14);
+    xt::xtensor<double, 4> dy_copy = dy;
+    backward(batch_norm{}, named<N, C, H, W>(x), dy_copy, r2, gamma(g), out(dy_copy));
+    CHECK(th::rel_err(dy_copy, bn.dx) < 1e-14);
 }
 
 TEST_CASE("backward: shapes of dy and of the saved statistics are checked by name") {
