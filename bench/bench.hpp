@@ -34,7 +34,7 @@ struct bench_case {
         return n;
     }
     std::int64_t N() const { return shape[0]; }
-    std::int64_t C() const { return shape.size() == 4 ? shape[1] : shape[1]; }
+    std::int64_t C() const { return shape[1]; }  // channels (NCHW order), or D of a (T,D) case
     std::int64_t HW() const { return shape.size() == 4 ? shape[2] * shape[3] : 1; }
     bool nhwc() const { return layout == "NHWC"; }
     std::string shape_name() const {

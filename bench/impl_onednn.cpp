@@ -71,7 +71,6 @@ struct dnnl_runner : bench::owned_output {
         args[DNNL_ARG_MEAN] = memory(smd, eng, mean.data());
         args[DNNL_ARG_VARIANCE] = memory(smd, eng, var.data());
         if (backward) {
-            dxbuf.resize(out.size());
             dscale.resize(gamma.size()), dshift.resize(beta.size());
             prim.execute(strm, args);  // the forward: its statistics feed every backward
             strm.wait();
@@ -85,7 +84,6 @@ struct dnnl_runner : bench::owned_output {
     }
     primitive backward_prim;
     std::unordered_map<int, memory> bargs;
-    std::vector<float> dxbuf;
     void run() override {
         if (o == bench::op::bwd)
             backward_prim.execute(strm, bargs);

@@ -72,23 +72,15 @@ def layer_norm_cnn():
          **grads(lambda x_, g_, b_: F.layer_norm(x_, [5, 7, 3], g_, b_, EPS), x, g, b, dy))
 
 
-def layer_norm():
-    x = randn(3, 7, 37, offset=0.25)
-    g, b = randn(37), randn(37)
-    y, mean, rstd = torch.native_layer_norm(x.double(), [37], g.double(), b.double(), EPS)
+def layer_norm(case, rows, tokens, d, offset):
+    """transformer LayerNorm over D; the large-offset case is float32 1e4 + N(0,1), where
+    E[x^2] - E[x]^2 loses every digit of the variance"""
+    x = randn(rows, tokens, d, offset=offset)
+    g, b = randn(d), randn(d)
+    y, mean, rstd = torch.native_layer_norm(x.double(), [d], g.double(), b.double(), EPS)
     dy = randn(*x.shape)
-    save("layer_norm", x=x, gamma=g, beta=b, y=y, mean=mean.reshape(3, 7), rstd=rstd.reshape(3, 7),
-         **grads(lambda x_, g_, b_: F.layer_norm(x_, [37], g_, b_, EPS), x, g, b, dy))
-
-
-def layer_norm_large_offset():
-    # float32 1e4 + N(0,1): E[x^2] - E[x]^2 loses every digit of the variance here.
-    x = randn(2, 5, 1031, offset=1e4)
-    g, b = randn(1031), randn(1031)
-    y, mean, rstd = torch.native_layer_norm(x.double(), [1031], g.double(), b.double(), EPS)
-    dy = randn(*x.shape)
-    save("layer_norm_large_offset", x=x, gamma=g, beta=b, y=y, mean=mean.reshape(2, 5), rstd=rstd.reshape(2, 5),
-         **grads(lambda x_, g_, b_: F.layer_norm(x_, [1031], g_, b_, EPS), x, g, b, dy))
+    save(case, x=x, gamma=g, beta=b, y=y, mean=mean.reshape(rows, tokens), rstd=rstd.reshape(rows, tokens),
+         **grads(lambda x_, g_, b_: F.layer_norm(x_, [d], g_, b_, EPS), x, g, b, dy))
 
 
 def instance_norm():
@@ -130,8 +122,8 @@ if __name__ == "__main__":
     torch.set_default_dtype(torch.float64)
     batch_norm()
     layer_norm_cnn()
-    layer_norm()
-    layer_norm_large_offset()
+    layer_norm("layer_norm", 3, 7, 37, 0.25)
+    layer_norm("layer_norm_large_offset", 2, 5, 1031, 1e4)
     instance_norm()
     for groups in (1, 4, 12):
         group_norm(groups)

@@ -159,10 +159,6 @@ TEST_CASE("work is split by the team OpenMP actually gives, not by the threads a
     const auto want = forward(batch_norm{}, named<N, C, H, W>(x), threads(1)).y;
     const auto want_gn = forward(group_norm<4>{}, named<N, H, W, C>(nhwc), threads(1)).y;
     const auto want_ln = forward(layer_norm{}, named<B, T, D>(xt::xtensor<float, 3>(xt::reshape_view(x, {64, 32, 32})))).y;
-#ifdef _OPENMP
-    const int limit = omp_get_thread_limit();
-    (void)limit;
-#endif
     int team_seen = 0;
 #pragma omp parallel num_threads(2)
     {
