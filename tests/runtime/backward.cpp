@@ -221,3 +221,41 @@ TEST_CASE("backward: shapes of dy and of the saved statistics are checked by nam
     CHECK_THROWS_WITH_AS(backward(batch_norm{}, named<N, C, H, W>(x), dy_ok, r, gamma(g3)),
                          doctest::Contains("gamma axis C has extent 3 but the tensor's axis C has extent 4"), std::invalid_argument);
 }
+
+TEST_CASE("backward: one and two threads agree on every kernel (rows, planes, columns, grouped, strided)") {
+    // above the parallel threshold, so two threads really split the kept indices
+    xt::xtensor<float, 4> x = xt::cast<float>(th::randn({8, 12, 24, 24}, 1.5)), dy = xt::cast<float>(th::randn({8, 12, 24, 24}));
+    xt::xtensor<float, 4> xh = xt::transpose(x, {0, 2, 3, 1}), dyh = xt::transpose(dy, {0, 2, 3, 1});
+    xt::xtensor<float, 1> g = xt::cast<float>(th::randn({12}, 1.0));
+    auto agree = [](const auto& one, const auto& two) {
+        CHECK(th::rel_err(one.dx, two.dx) < 2e-6);
+        CHECK(th::rel_err(one.dgamma, two.dgamma) < 2e-5);
+    };
+    auto both = [&](auto spec, const auto& xx, const auto& dd, auto names) {
+        using S = decltype(spec);
+        auto run = [&](int t) {
+            return std::apply(
+                [&](auto... ax) {
+                    auto r = forward(S{}, named<decltype(ax)...>(xx), gamma(g));
+                    return backward(S{}, named<decltype(ax)...>(xx), dd, r, gamma(g), threads(t));
+                },
+                names);
+        };
+        agree(run(1), run(2));
+    };
+    both(batch_norm{}, x, dy, std::tuple<N, C, H, W>{});
+    both(instance_norm{}, x, dy, std::tuple<N, C, H, W>{});
+    both(group_norm<4>{}, x, dy, std::tuple<N, C, H, W>{});
+    both(batch_norm{}, xh, dyh, std::tuple<N, H, W, C>{});
+    both(instance_norm{}, xh, dyh, std::tuple<N, H, W, C>{});
+    both(group_norm<4>{}, xh, dyh, std::tuple<N, H, W, C>{});
+    auto strided = xt::view(x, xt::all(), xt::all(), xt::range(0, 24, 2), xt::all());
+    auto strided_dy = xt::view(dy, xt::all(), xt::all(), xt::range(0, 24, 2), xt::all());
+    both(instance_norm{}, strided, strided_dy, std::tuple<N, C, H, W>{});
+    xt::xtensor<float, 3> s = xt::reshape_view(x, {96, 24, 24}), sdy = xt::reshape_view(dy, {96, 24, 24});
+    xt::xtensor<float, 1> gd = xt::cast<float>(th::randn({24}, 1.0));
+    auto r1 = backward(layer_norm{}, named<B, T, D>(s), sdy, forward(layer_norm{}, named<B, T, D>(s), gamma(gd)), gamma(gd), threads(1));
+    auto r2 = backward(layer_norm{}, named<B, T, D>(s), sdy, forward(layer_norm{}, named<B, T, D>(s), gamma(gd)), gamma(gd), threads(2));
+    agree(r1, r2);
+    CHECK(th::rel_err(r1.dbeta, r2.dbeta) < 2e-5);
+}
