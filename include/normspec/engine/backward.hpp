@@ -30,6 +30,159 @@ struct backward_args {
     int threads = 0;
 };
 
+namespace detail {
+
+/// What the backward's kernels share for one call.
+template <class T>
+struct backward_context {
+    const spec_desc& spec;
+    const backward_args<T>& a;
+    loop_dim inner;
+    std::vector<loop_dim> R;
+    double inv_n;
+};
+
+/// Per kept index of a columns plan: what each lane normalized with, and its coefficients.
+template <class T>
+struct column_lanes {
+    std::vector<T> mhi, mlo, rs, c1, c2;
+    std::vector<double> mean;
+    void init(const backward_context<T>& cx, const offsets& kk) {
+        const index_t n = cx.inner.extent;
+        for (auto* v : {&mhi, &mlo, &rs, &c1, &c2}) v->resize(std::size_t(n));
+        mean.resize(std::size_t(n));
+        for (index_t j = 0; j < n; ++j) {
+            const index_t s = kk.stat + j * cx.inner.sstat;
+            mean[j] = cx.a.mean ? double(cx.a.mean[s]) : 0.0;
+            mhi[j] = T(mean[j]);
+            rs[j] = cx.a.rstd[s];
+        }
+    }
+    /// the exact means: the saved ones plus residue / N (zero residue: the saved ones)
+    void set_means(const double* residue, double inv_n) {
+        for (std::size_t j = 0; j < mean.size(); ++j) {
+            const double m = mean[j] + residue[j] * inv_n;
+            mhi[j] = T(m);
+            mlo[j] = T(m - double(mhi[j]));
+        }
+    }
+    /// the dx coefficients from the sums, and dgamma/dbeta per lane
+    void finish(const backward_context<T>& cx, const offsets& kk, const double* t1, const double* t2, const double* tg,
+                const double* tb, double* dg, double* db) {
+        for (std::size_t j = 0; j < mean.size(); ++j) {
+            c1[j] = cx.spec.rms || cx.a.constant_stats ? T(0) : T(t1[j] * cx.inv_n);
+            c2[j] = cx.a.constant_stats ? T(0) : T(t2[j] * cx.inv_n);
+            const index_t pi = kk.param + index_t(j) * cx.inner.sparam;
+            if (dg) dg[pi] += tg[j];
+            if (db) db[pi] += tb[j];
+        }
+    }
+};
+
+/// Rows [r0, r1) of R, in blocks of 64: per_row(row offsets) each, flush() after each block.
+template <class PerRow, class Flush>
+void column_blocks(const std::vector<loop_dim>& R, index_t r0, index_t r1, PerRow&& per_row, Flush&& flush) {
+    index_t in_block = 0;
+    for_range(R, r0, r1, [&](const offsets& r) {
+        per_row(r);
+        if (++in_block == 64) flush(), in_block = 0;
+    });
+    if (in_block) flush();
+}
+
+/// residue[j] += sum over rows [r0, r1) of x - mhi[j] (sums in T per block, merged in double)
+template <class T>
+void column_residue(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln, index_t r0, index_t r1,
+                    double* residue) {
+    using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
+    const index_t n = cx.inner.extent, nv = n - n % L;
+    std::vector<T> acc(std::size_t(n), T(0));
+    column_blocks(
+        cx.R, r0, r1,
+        [&](const offsets& r) {
+            const T* x = cx.a.x.data + kk.x + r.x;
+            index_t j = 0;
+            for (; j < nv; j += L)
+                (V::load_unaligned(acc.data() + j) + (V::load_unaligned(x + j) - V::load_unaligned(ln.mhi.data() + j)))
+                    .store_unaligned(acc.data() + j);
+            for (; j < n; ++j) acc[j] += x[j] - ln.mhi[j];
+        },
+        [&] {
+            for (index_t j = 0; j < n; ++j) residue[j] += double(acc[j]), acc[j] = T(0);
+        });
+}
+
+/// sums over rows [r0, r1) per lane: gy, gy * xhat, dy * xhat, dy
+template <class T>
+void column_sums(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln, index_t r0, index_t r1, double* t1,
+                 double* t2, double* tg, double* tb) {
+    using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
+    const index_t n = cx.inner.extent, nv = n - n % L;
+    const T* g = cx.a.gamma ? cx.a.gamma + kk.param : nullptr;  // along the lanes, step inner.sparam (0 or 1)
+    const index_t sp = cx.inner.sparam;
+    std::vector<T> a1(std::size_t(n), T(0)), a2(a1), ag(a1), ab(a1);
+    column_blocks(
+        cx.R, r0, r1,
+        [&](const offsets& r) {
+            const T* x = cx.a.x.data + kk.x + r.x;
+            const T* dy = cx.a.dy.data + kk.dy + r.dy;
+            index_t j = 0;
+            for (; j < nv; j += L) {
+                const V d = V::load_unaligned(dy + j);
+                const V xh = ((V::load_unaligned(x + j) - V::load_unaligned(ln.mhi.data() + j)) - V::load_unaligned(ln.mlo.data() + j)) *
+                             V::load_unaligned(ln.rs.data() + j);
+                const V gy = !g ? d : sp == 1 ? d * V::load_unaligned(g + j) : d * V(g[0]);
+                (V::load_unaligned(a1.data() + j) + gy).store_unaligned(a1.data() + j);
+                xsimd::fma(gy, xh, V::load_unaligned(a2.data() + j)).store_unaligned(a2.data() + j);
+                xsimd::fma(d, xh, V::load_unaligned(ag.data() + j)).store_unaligned(ag.data() + j);
+                (V::load_unaligned(ab.data() + j) + d).store_unaligned(ab.data() + j);
+            }
+            for (; j < n; ++j) {
+                const T xh = ((x[j] - ln.mhi[j]) - ln.mlo[j]) * ln.rs[j], gy = dy[j] * (g ? g[j * sp] : T(1));
+                a1[j] += gy, a2[j] += gy * xh, ag[j] += dy[j] * xh, ab[j] += dy[j];
+            }
+        },
+        [&] {
+            for (index_t j = 0; j < n; ++j) {
+                t1[j] += double(a1[j]), t2[j] += double(a2[j]), tg[j] += double(ag[j]), tb[j] += double(ab[j]);
+                a1[j] = a2[j] = ag[j] = ab[j] = T(0);
+            }
+        });
+}
+
+/// dx for rows [r0, r1)
+template <class T>
+void column_dx(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln, index_t r0, index_t r1) {
+    using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
+    const index_t n = cx.inner.extent, nv = n - n % L;
+    const T* g = cx.a.gamma ? cx.a.gamma + kk.param : nullptr;
+    const index_t sp = cx.inner.sparam;
+    for_range(cx.R, r0, r1, [&](const offsets& r) {
+        const T* x = cx.a.x.data + kk.x + r.x;
+        const T* dy = cx.a.dy.data + kk.dy + r.dy;
+        T* dx = cx.a.dx.data + kk.y + r.y;
+        index_t j = 0;
+        for (; j < nv; j += L) {
+            const V d = V::load_unaligned(dy + j);
+            const V gy = !g ? d : sp == 1 ? d * V::load_unaligned(g + j) : d * V(g[0]);
+            const V xh = ((V::load_unaligned(x + j) - V::load_unaligned(ln.mhi.data() + j)) - V::load_unaligned(ln.mlo.data() + j)) *
+                         V::load_unaligned(ln.rs.data() + j);
+            (xsimd::fnma(xh, V::load_unaligned(ln.c2.data() + j), gy - V::load_unaligned(ln.c1.data() + j)) *
+             V::load_unaligned(ln.rs.data() + j))
+                .store_unaligned(dx + j);
+        }
+        for (; j < n; ++j) {
+            const T xh = ((x[j] - ln.mhi[j]) - ln.mlo[j]) * ln.rs[j];
+            dx[j] = (dy[j] * (g ? g[j * sp] : T(1)) - ln.c1[j] - xh * ln.c2[j]) * ln.rs[j];
+        }
+    });
+}
+
+}  // namespace detail
+
 template <class T>
 void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a) {
     const index_t total = a.x.size();
@@ -62,6 +215,57 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     const T* X = a.x.data;
     const T* DY = a.dy.data;
     T* DX = a.dx.data;
+
+    const detail::backward_context<T> cx{spec, a, inner, R, inv_n};
+
+    // columns with fewer kept indices than threads (BatchNorm on NHWC): the threads split the rows
+    // in each phase, and their partial sums are merged between phases
+    const int wanted = threads_for(total, a.threads);
+    if (vector_columns && nk < wanted) {
+        std::vector<double> parts(std::size_t(wanted) * std::size_t(n) * 4), merged(std::size_t(n) * 4);
+        detail::column_lanes<T> ln;
+        std::vector<double> dg_all(pc, 0.0), db_all(pc, 0.0);
+        auto part = [&](int t, int which) { return &parts[(std::size_t(t) * 4 + std::size_t(which)) * std::size_t(n)]; };
+        auto merge = [&](int count) {
+            std::fill(merged.begin(), merged.end(), 0.0);
+            for (int t = 0; t < wanted; ++t)
+                for (int w = 0; w < count; ++w)
+                    for (index_t j = 0; j < n; ++j) merged[std::size_t(w) * std::size_t(n) + std::size_t(j)] += part(t, w)[j];
+            std::fill(parts.begin(), parts.end(), 0.0);
+        };
+        for_range(K, 0, nk, [&](const offsets& kk) {
+            ln.init(cx, kk);
+            std::fill(parts.begin(), parts.end(), 0.0);
+            if (a.mean && !a.constant_stats) {
+#pragma omp parallel num_threads(wanted)
+                {
+                    const auto [r0, r1] = split(nr, thread_id(), team_size());
+                    detail::column_residue(cx, kk, ln, r0, r1, part(thread_id(), 0));
+                }
+            }
+            merge(1);
+            ln.set_means(merged.data(), inv_n);
+#pragma omp parallel num_threads(wanted)
+            {
+                const int t = thread_id();
+                const auto [r0, r1] = split(nr, t, team_size());
+                detail::column_sums(cx, kk, ln, r0, r1, part(t, 0), part(t, 1), part(t, 2), part(t, 3));
+            }
+            merge(4);
+            ln.finish(cx, kk, &merged[0], &merged[std::size_t(n)], &merged[2 * std::size_t(n)], &merged[3 * std::size_t(n)],
+                      pc ? dg_all.data() : nullptr, pc ? db_all.data() : nullptr);
+#pragma omp parallel num_threads(wanted)
+            {
+                const auto [r0, r1] = split(nr, thread_id(), team_size());
+                detail::column_dx(cx, kk, ln, r0, r1);
+            }
+        });
+        for (std::size_t i = 0; i < pc; ++i) {
+            if (a.dgamma) a.dgamma[i] = T(dg_all[i]);
+            if (a.dbeta) a.dbeta[i] = T(db_all[i]);
+        }
+        return;
+    }
 
 #pragma omp parallel num_threads(nt)
     {
@@ -170,97 +374,16 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
                 }
             });
         };
-        // columns: a statistic per lane of the contiguous kept run, rows in blocks of 64
-        std::vector<T> cm_hi(vector_columns ? n : 0), cm_lo(cm_hi.size()), crs(cm_hi.size()), c1(cm_hi.size()), c2(cm_hi.size());
-        std::vector<T> acc1(cm_hi.size()), acc2(cm_hi.size()), accg(cm_hi.size()), accb(cm_hi.size());
-        std::vector<double> tot1(cm_hi.size()), tot2(cm_hi.size()), totg(cm_hi.size()), totb(cm_hi.size());
-        auto columns_kernel = [&](const offsets& kk) {
-            const index_t nv = n - n % L;
-            auto blocks = [&](auto&& per_row, auto&& flush) {  // rows of R in blocks, then flush
-                index_t in_block = 0;
-                for_range(R, 0, nr, [&](const offsets& r) {
-                    per_row(r);
-                    if (++in_block == 64) flush(), in_block = 0;
-                });
-                if (in_block) flush();
-            };
-            std::fill(tot1.begin(), tot1.end(), 0.0);
-            for (index_t j = 0; j < n; ++j) cm_hi[j] = a.mean ? a.mean[kk.stat + j * inner.sstat] : T(0);
-            if (a.mean && !a.constant_stats) {
-                std::fill(acc1.begin(), acc1.end(), T(0));
-                blocks(
-                    [&](const offsets& r) {
-                        const T* x = X + kk.x + r.x;
-                        index_t j = 0;
-                        for (; j < nv; j += L)
-                            (V::load_unaligned(acc1.data() + j) + (V::load_unaligned(x + j) - V::load_unaligned(cm_hi.data() + j)))
-                                .store_unaligned(acc1.data() + j);
-                        for (; j < n; ++j) acc1[j] += x[j] - cm_hi[j];
-                    },
-                    [&] {
-                        for (index_t j = 0; j < n; ++j) tot1[j] += double(acc1[j]), acc1[j] = T(0);
-                    });
-            }
-            for (index_t j = 0; j < n; ++j) {
-                const double m = double(cm_hi[j]) + tot1[j] * inv_n;
-                cm_hi[j] = T(m);
-                cm_lo[j] = T(m - double(cm_hi[j]));
-                crs[j] = a.rstd[kk.stat + j * inner.sstat];
-            }
-            const T* g = a.gamma ? a.gamma + kk.param : nullptr;  // along the lanes, step inner.sparam (0 or 1)
-            auto gvec = [&](index_t j) { return !g ? V(T(1)) : inner.sparam == 1 ? V::load_unaligned(g + j) : V(g[0]); };
-            auto g1 = [&](index_t j) { return !g ? T(1) : g[j * inner.sparam]; };
-            auto xhv = [&](const T* x, index_t j) {
-                return ((V::load_unaligned(x + j) - V::load_unaligned(cm_hi.data() + j)) - V::load_unaligned(cm_lo.data() + j)) *
-                       V::load_unaligned(crs.data() + j);
-            };
-            auto xh1 = [&](const T* x, index_t j) { return ((x[j] - cm_hi[j]) - cm_lo[j]) * crs[j]; };
-            std::fill(tot1.begin(), tot1.end(), 0.0), std::fill(tot2.begin(), tot2.end(), 0.0);
-            std::fill(totg.begin(), totg.end(), 0.0), std::fill(totb.begin(), totb.end(), 0.0);
-            for (auto* v : {&acc1, &acc2, &accg, &accb}) std::fill(v->begin(), v->end(), T(0));
-            blocks(
-                [&](const offsets& r) {
-                    const T* x = X + kk.x + r.x;
-                    const T* dy = DY + kk.dy + r.dy;
-                    index_t j = 0;
-                    for (; j < nv; j += L) {
-                        const V d = V::load_unaligned(dy + j), xh = xhv(x, j), gy = d * gvec(j);
-                        (V::load_unaligned(acc1.data() + j) + gy).store_unaligned(acc1.data() + j);
-                        xsimd::fma(gy, xh, V::load_unaligned(acc2.data() + j)).store_unaligned(acc2.data() + j);
-                        xsimd::fma(d, xh, V::load_unaligned(accg.data() + j)).store_unaligned(accg.data() + j);
-                        (V::load_unaligned(accb.data() + j) + d).store_unaligned(accb.data() + j);
-                    }
-                    for (; j < n; ++j) {
-                        const T xh = xh1(x, j), gy = dy[j] * g1(j);
-                        acc1[j] += gy, acc2[j] += gy * xh, accg[j] += dy[j] * xh, accb[j] += dy[j];
-                    }
-                },
-                [&] {
-                    for (index_t j = 0; j < n; ++j) {
-                        tot1[j] += double(acc1[j]), tot2[j] += double(acc2[j]), totg[j] += double(accg[j]), totb[j] += double(accb[j]);
-                        acc1[j] = acc2[j] = accg[j] = accb[j] = T(0);
-                    }
-                });
-            for (index_t j = 0; j < n; ++j) {
-                c1[j] = spec.rms || a.constant_stats ? T(0) : T(tot1[j] * inv_n);
-                c2[j] = a.constant_stats ? T(0) : T(tot2[j] * inv_n);
-                const index_t pi = kk.param + j * inner.sparam;
-                if (dg) dg[pi] += totg[j];
-                if (db) db[pi] += totb[j];
-            }
-            for_range(R, 0, nr, [&](const offsets& r) {
-                const T* x = X + kk.x + r.x;
-                const T* dy = DY + kk.dy + r.dy;
-                T* dx = DX + kk.y + r.y;
-                index_t j = 0;
-                for (; j < nv; j += L) {
-                    const V gy = V::load_unaligned(dy + j) * gvec(j);
-                    (xsimd::fnma(xhv(x, j), V::load_unaligned(c2.data() + j), gy - V::load_unaligned(c1.data() + j)) *
-                     V::load_unaligned(crs.data() + j))
-                        .store_unaligned(dx + j);
-                }
-                for (; j < n; ++j) dx[j] = (dy[j] * g1(j) - c1[j] - xh1(x, j) * c2[j]) * crs[j];
-            });
+        std::vector<double> t1, t2, tg, tb, residue;
+        detail::column_lanes<T> lanes_state;
+        auto columns_kernel = [&](const offsets& kk) {  // the three phases over all rows of this kept index
+            lanes_state.init(cx, kk);
+            for (auto* v : {&residue, &t1, &t2, &tg, &tb}) v->assign(std::size_t(n), 0.0);
+            if (cx.a.mean && !cx.a.constant_stats) detail::column_residue(cx, kk, lanes_state, 0, nr, residue.data());
+            lanes_state.set_means(residue.data(), inv_n);
+            detail::column_sums(cx, kk, lanes_state, 0, nr, t1.data(), t2.data(), tg.data(), tb.data());
+            lanes_state.finish(cx, kk, t1.data(), t2.data(), tg.data(), tb.data(), dg, db);
+            detail::column_dx(cx, kk, lanes_state, 0, nr);
         };
         const auto [kb, ke] = split(nk, t, team);
         for_range(K, kb, ke, [&](const offsets& kk) {
