@@ -25,9 +25,9 @@ struct is_backward_keyword
 }  // namespace kw
 
 namespace detail {
-/// Fills engine arguments for the saved statistics, checking their extents.
-template <class T, class U, std::size_t K>
-void saved_into(const engine::binding& b, bool rms, const saved_stats<U, K>& saved, xt::xarray<T>& mean, xt::xarray<T>& rstd,
+/// Fills engine arguments for the saved statistics (anything with .mean and .rstd), checking their extents.
+template <class T, class Saved>
+void saved_into(const engine::binding& b, bool rms, const Saved& saved, xt::xarray<T>& mean, xt::xarray<T>& rstd,
                 engine::backward_args<T>& a) {
     rstd = packed_checked<T>("saved rstd", b.stat_names, b.stat_shape, saved.rstd, "the statistics'");
     a.rstd = rstd.data();
@@ -59,12 +59,7 @@ auto backward(S, const named_tensor<E, A...>& xn, const DY& dy, const saved_stat
         return;  // the diagnostics above say why
     } else {
         static const spec_desc desc = describe<S>();
-        const auto& xe = [&]() -> decltype(auto) {
-            if constexpr (detail::has_memory<X>)
-                return (xn.expr);
-            else
-                return xt::xarray<T>(xn.expr);
-        }();
+        const auto& xe = detail::memory_of<T>(xn);
         engine::backward_args<T> args;
         args.x = detail::lower<const T>(xe);
         args.threads = kw::find<kw::is_threads>(kw::threads_t{0}, kws...).value;

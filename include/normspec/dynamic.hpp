@@ -5,6 +5,7 @@
 #ifndef NORMSPEC_DYNAMIC_HPP
 #define NORMSPEC_DYNAMIC_HPP
 
+#include "backward.hpp"
 #include "engine/backward.hpp"
 #include "engine/forward.hpp"
 #include "named.hpp"
@@ -93,12 +94,7 @@ dynamic_gradients<T> backward_dynamic(const spec_desc& spec, const std::vector<s
     engine::check_extents("dy", xnames, detail::shape_of(x), detail::shape_of(dy).data(), int(dy.dimension()), "x's");
     a.dy = detail::lower<const T>(dy);
     xt::xarray<T> mean, rstd, gp;
-    rstd = detail::packed_checked<T>("saved rstd", b.stat_names, b.stat_shape, saved.rstd, "the statistics'");
-    a.rstd = rstd.data();
-    if (!spec.rms) {
-        mean = detail::packed_checked<T>("saved mean", b.stat_names, b.stat_shape, saved.mean, "the statistics'");
-        a.mean = mean.data();
-    }
+    detail::saved_into<T>(b, spec.rms, saved, mean, rstd, a);
     if (in.gamma) a.gamma = detail::parameter_data<T>("gamma", engine::param_axis_names(b), b.param_shape, *in.gamma, gp, "the tensor's");
     a.constant_stats = spec.couples_batch && in.run_mode == mode::eval;
     a.threads = in.threads;

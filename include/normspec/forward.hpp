@@ -130,12 +130,7 @@ auto forward(S, const named_tensor<E, A...>& xn, Kw&&... kws) {
         const auto groups = kw::find<kw::is_groups>(kw::groups_t{0}, kws...).value;
 
         // x: its own memory when it has some, else evaluated once
-        const auto& xe = [&]() -> decltype(auto) {
-            if constexpr (detail::has_memory<X>)
-                return (xn.expr);
-            else
-                return xt::xarray<T>(xn.expr);
-        }();
+        const auto& xe = detail::memory_of<T>(xn);
         auto xs = detail::lower<const T>(xe);
         const engine::binding b = engine::bind(desc, {A::name...}, xs.shape.data(), xs.rank, groups);
         args.x = xs;

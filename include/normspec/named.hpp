@@ -147,6 +147,15 @@ engine::strided<T> lower(X& x) {
     return s;
 }
 
+/// A named tensor's own memory when it has some, else (a lazy expression) its values evaluated once.
+template <class T, class E, class... A>
+decltype(auto) memory_of(const named_tensor<E, A...>& xn) {
+    if constexpr (has_memory<E>)
+        return (xn.expr);
+    else
+        return xt::xarray<T>(xn.expr);
+}
+
 template <class X>
 std::vector<engine::index_t> shape_of(const X& x) {
     std::vector<engine::index_t> v(x.dimension());

@@ -82,6 +82,29 @@ struct forward_args {
 
 namespace detail {
 
+/// Per-column moments of rows [r0, r1) of R (row r at base + r.x; n columns at step s), taken in
+/// blocks of rows that stay in L1; mean and m2 are reset first; returns the row count.
+/// scratch holds 3 * width + n values of T; rows is reused storage for the block's row pointers.
+template <bool Rms, class T>
+double column_moments(const std::vector<loop_dim>& R, index_t r0, index_t r1, const T* base, index_t n, index_t s,
+                      double* mean, double* m2, T* scratch, std::vector<const T*>& rows) {
+    const index_t block = std::max<index_t>(1, std::min<index_t>(64, 16384 / std::max<index_t>(n, 1)));
+    std::fill(mean, mean + n, 0.0);
+    std::fill(m2, m2 + n, 0.0);
+    double count = 0;
+    rows.clear();
+    auto flush = [&] {
+        accumulate_block<Rms>(rows.data(), index_t(rows.size()), n, s, count, mean, m2, scratch);
+        rows.clear();
+    };
+    for_range(R, r0, r1, [&](const offsets& r) {
+        rows.push_back(base + r.x);
+        if (index_t(rows.size()) == block) flush();
+    });
+    if (!rows.empty()) flush();
+    return count;
+}
+
 /// Moments of every statistic, indexed by statistic offset.
 template <bool Rms, class T>
 std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, int nt) {
@@ -101,22 +124,10 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
             });
             return;
         }
-        const index_t block = std::max<index_t>(1, std::min<index_t>(64, 16384 / std::max<index_t>(n, 1)));
-        std::vector<double> mean(n, 0.0), m2(n, 0.0);
+        std::vector<double> mean(n), m2(n);
         std::vector<T> scratch(3 * simd::width<T> + n);
         std::vector<const T*> rows;
-        rows.reserve(block);
-        double count = 0;
-        auto flush = [&] {
-            accumulate_block<Rms>(rows.data(), index_t(rows.size()), n, inner.sx, count, mean.data(), m2.data(),
-                                  scratch.data());
-            rows.clear();
-        };
-        for_range(R, r0, r1, [&](const offsets& r) {
-            rows.push_back(x + k.x + r.x);
-            if (index_t(rows.size()) == block) flush();
-        });
-        if (!rows.empty()) flush();
+        const double count = column_moments<Rms>(R, r0, r1, x + k.x, n, inner.sx, mean.data(), m2.data(), scratch.data(), rows);
         for (index_t j = 0; j < n; ++j) acc[j].template merge<Rms>(count, mean[j], m2[j]);
     };
 
@@ -214,6 +225,16 @@ inline void apply_run(const T* x, T* y, index_t n, index_t sx, index_t sy, const
     }
 }
 
+/// apply_run with streaming stores or without, chosen at run time
+template <class T>
+inline void apply_run_stores(bool stream, const T* x, T* y, index_t n, index_t sx, index_t sy, const T* mu, const T* sc,
+                             const T* sh, index_t ss, const T* g, const T* bt, index_t sp) {
+    if (stream)
+        apply_run<true>(x, y, n, sx, sy, mu, sc, sh, ss, g, bt, sp);
+    else
+        apply_run<false>(x, y, n, sx, sy, mu, sc, sh, ss, g, bt, sp);
+}
+
 template <bool Stream, class T>
 void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const T* g, const T* bt, int nt) {
     const loop_dim inner = p.apply.back();
@@ -274,7 +295,6 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
     std::vector<loop_dim> K, R;
     for (std::size_t i = 0; i + 2 < p.fused.size(); ++i) (p.fused[i].reduced ? R : K).push_back(p.fused[i]);
     const index_t nk = count_of(K), nr = count_of(R), cg = member.extent, groups = gd.extent, n = cg * groups;
-    const index_t block = std::max<index_t>(1, std::min<index_t>(64, 16384 / n));
 #pragma omp parallel num_threads(nt)
     {
         const auto [kb, ke] = split(nk, thread_id(), team_size());
@@ -282,18 +302,7 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
         std::vector<T> scratch(3 * simd::width<T> + n), cm(n), csc(n), csh(n);
         std::vector<const T*> rows;
         for_range(K, kb, ke, [&](const offsets& kk) {
-            std::fill(mean.begin(), mean.end(), 0.0);
-            std::fill(m2.begin(), m2.end(), 0.0);
-            double count = 0;
-            auto flush = [&] {
-                accumulate_block<Rms>(rows.data(), index_t(rows.size()), n, 1, count, mean.data(), m2.data(), scratch.data());
-                rows.clear();
-            };
-            for_range(R, 0, nr, [&](const offsets& r) {
-                rows.push_back(x + kk.x + r.x);
-                if (index_t(rows.size()) == block) flush();
-            });
-            if (!rows.empty()) flush();
+            const double count = column_moments<Rms>(R, 0, nr, x + kk.x, n, 1, mean.data(), m2.data(), scratch.data(), rows);
             for (index_t gi = 0; gi < groups; ++gi) {
                 moments m;
                 for (index_t c = gi * cg; c < (gi + 1) * cg; ++c) m.template merge<Rms>(count, mean[c], m2[c]);
@@ -308,10 +317,8 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
                 }
             }
             for_range(R, 0, nr, [&](const offsets& r) {
-                if (stream)
-                    apply_run<true, T>(x + kk.x + r.x, y + kk.y + r.y, n, 1, 1, cm.data(), csc.data(), csh.data(), 1, nullptr, nullptr, 0);
-                else
-                    apply_run<false, T>(x + kk.x + r.x, y + kk.y + r.y, n, 1, 1, cm.data(), csc.data(), csh.data(), 1, nullptr, nullptr, 0);
+                apply_run_stores<T>(stream, x + kk.x + r.x, y + kk.y + r.y, n, 1, 1, cm.data(), csc.data(), csh.data(), 1, nullptr,
+                                    nullptr, 0);
             });
         });
         if (stream) simd::fence();
@@ -339,31 +346,15 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
             if (inner.reduced) {
                 for_range(R, 0, nr, [&](const offsets& r) { accumulate_run<Rms>(x + kk.x + r.x, n, inner.sx, acc[0]); });
             } else {
-                const index_t block = std::max<index_t>(1, std::min<index_t>(64, 16384 / std::max<index_t>(n, 1)));
-                std::fill(mean.begin(), mean.end(), 0.0);
-                std::fill(m2.begin(), m2.end(), 0.0);
-                double count = 0;
-                auto flush = [&] {
-                    accumulate_block<Rms>(rows.data(), index_t(rows.size()), n, inner.sx, count, mean.data(), m2.data(),
-                                          scratch.data());
-                    rows.clear();
-                };
-                for_range(R, 0, nr, [&](const offsets& r) {
-                    rows.push_back(x + kk.x + r.x);
-                    if (index_t(rows.size()) == block) flush();
-                });
-                if (!rows.empty()) flush();
+                const double count =
+                    column_moments<Rms>(R, 0, nr, x + kk.x, n, inner.sx, mean.data(), m2.data(), scratch.data(), rows);
                 for (index_t j = 0; j < n; ++j) acc[j].template merge<Rms>(count, mean[j], m2[j]);
             }
             for (index_t j = 0; j < per_k; ++j) known(kk.stat + j * ss, acc[j], kk.param + j * inner.sparam);
             for_range(R, 0, nr, [&](const offsets& r) {
-                const auto run = [&](auto stream_tag) {
-                    apply_run<decltype(stream_tag)::value>(x + kk.x + r.x, y + kk.y + r.y, n, inner.sx, inner.sy,
-                                                           k.mu.data() + kk.stat, k.sc.data() + kk.stat, k.sh.data() + kk.stat,
-                                                           ss, g ? g + kk.param + r.param : nullptr,
-                                                           bt ? bt + kk.param + r.param : nullptr, inner.sparam);
-                };
-                stream ? run(std::true_type{}) : run(std::false_type{});
+                apply_run_stores<T>(stream, x + kk.x + r.x, y + kk.y + r.y, n, inner.sx, inner.sy, k.mu.data() + kk.stat,
+                                    k.sc.data() + kk.stat, k.sh.data() + kk.stat, ss, g ? g + kk.param + r.param : nullptr,
+                                    bt ? bt + kk.param + r.param : nullptr, inner.sparam);
             });
         });
         if (stream) simd::fence();
@@ -466,7 +457,7 @@ void forward(const spec_desc& spec, const binding& b, const forward_args<T>& a) 
              std::to_string(b.reduction_count));
 
     const bool has_params = a.gamma != nullptr || a.beta != nullptr;
-    std::vector<T> ones, zeros;
+    std::vector<T> ones;
     const T* g = a.gamma;
     const T* bt = a.beta;
     if (has_params && !g) ones.assign(b.param_count, T(1)), g = ones.data();
