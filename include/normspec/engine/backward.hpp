@@ -40,6 +40,8 @@ struct backward_context {
     loop_dim inner;
     std::vector<loop_dim> R;
     double inv_n;
+    index_t group = 1;  // lanes per statistic: 1, or C/G for GroupNorm's channels-last grouped columns
+    index_t gstat = 0;  // with group > 1, the statistic step from one group of lanes to the next
 };
 
 /// Per kept index of a columns plan: what each lane normalized with, and its coefficients.
@@ -47,12 +49,26 @@ template <class T>
 struct column_lanes {
     std::vector<T> mhi, mlo, rs, c1, c2;
     std::vector<double> mean;
+    index_t group = 1;
+    std::vector<double> grouped;
+    /// v with each lane replaced by the sum over its group's lanes (v itself when group == 1)
+    const double* group_sums(const double* v) {
+        if (group == 1) return v;
+        grouped.resize(mean.size());
+        for (std::size_t j0 = 0; j0 < mean.size(); j0 += std::size_t(group)) {
+            double sum = 0;
+            for (std::size_t j = j0; j < j0 + std::size_t(group); ++j) sum += v[j];
+            std::fill(grouped.begin() + std::ptrdiff_t(j0), grouped.begin() + std::ptrdiff_t(j0) + group, sum);
+        }
+        return grouped.data();
+    }
     void init(const backward_context<T>& cx, const offsets& kk) {
         const index_t n = cx.inner.extent;
+        group = cx.group;
         for (auto* v : {&mhi, &mlo, &rs, &c1, &c2}) v->resize(std::size_t(n));
         mean.resize(std::size_t(n));
         for (index_t j = 0; j < n; ++j) {
-            const index_t s = kk.stat + j * cx.inner.sstat;
+            const index_t s = kk.stat + (group > 1 ? (j / group) * cx.gstat : j * cx.inner.sstat);
             mean[j] = cx.a.mean ? double(cx.a.mean[s]) : 0.0;
             mhi[j] = T(mean[j]);
             rs[j] = cx.a.rstd[s];
@@ -60,6 +76,7 @@ struct column_lanes {
     }
     /// the exact means: the saved ones plus residue / N (zero residue: the saved ones)
     void set_means(const double* residue, double inv_n) {
+        residue = group_sums(residue);
         for (std::size_t j = 0; j < mean.size(); ++j) {
             const double m = mean[j] + residue[j] * inv_n;
             mhi[j] = T(m);
@@ -69,6 +86,12 @@ struct column_lanes {
     /// the dx coefficients from the sums, and dgamma/dbeta per lane
     void finish(const backward_context<T>& cx, const offsets& kk, const double* t1, const double* t2, const double* tg,
                 const double* tb, double* dg, double* db) {
+        std::vector<double> g1;  // the statistic's sums, from its group's lanes
+        if (group > 1) {
+            const double* s1 = group_sums(t1);
+            g1.assign(s1, s1 + mean.size());
+            t1 = g1.data(), t2 = group_sums(t2);
+        }
         for (std::size_t j = 0; j < mean.size(); ++j) {
             c1[j] = cx.spec.rms || cx.a.constant_stats ? T(0) : T(t1[j] * cx.inv_n);
             c2[j] = cx.a.constant_stats ? T(0) : T(t2[j] * cx.inv_n);
@@ -193,9 +216,23 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     }
     const bool has_params = spec.kind != param_kind::none;
     const plan p = make_plan(b, a.x, a.dx, has_params, a.dy.strides.data());
-    const loop_dim inner = p.fused.back();
+    // GroupNorm on channels-last data, [.., keep G(C), reduce C/G] with contiguous channels: the
+    // two innermost loops become one run of C lanes, a group of C/G lanes per statistic (the
+    // forward's grouped columns); otherwise the innermost loop is the run
+    const std::size_t fd = p.fused.size();
+    const bool grouped = detail::grouped_columns(p) && p.fused[fd - 1].sdy == 1 && p.fused[fd - 2].sdy == p.fused[fd - 1].extent &&
+                         p.fused[fd - 2].sparam == p.fused[fd - 1].extent * p.fused[fd - 1].sparam;
+    loop_dim inner = p.fused.back();
+    index_t group = 1, gstat = 0;
+    if (grouped) {
+        const loop_dim& gd = p.fused[fd - 2];
+        group = inner.extent, gstat = gd.sstat;
+        inner.extent *= gd.extent;
+        inner.reduced = false;
+        inner.sstat = 0;
+    }
     std::vector<loop_dim> K, R;
-    for (std::size_t i = 0; i + 1 < p.fused.size(); ++i) (p.fused[i].reduced ? R : K).push_back(p.fused[i]);
+    for (std::size_t i = 0; i + (grouped ? 2 : 1) < fd; ++i) (p.fused[i].reduced ? R : K).push_back(p.fused[i]);
     const index_t nk = count_of(K), nr = count_of(R), n = inner.extent;
     const index_t lanes = inner.reduced ? 1 : n;  // statistics per kept index
     const index_t ss = inner.reduced ? 0 : inner.sstat;
@@ -216,7 +253,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     const T* DY = a.dy.data;
     T* DX = a.dx.data;
 
-    const detail::backward_context<T> cx{spec, a, inner, R, inv_n};
+    const detail::backward_context<T> cx{spec, a, inner, R, inv_n, group, gstat};
 
     // columns with fewer kept indices than threads (BatchNorm on NHWC): the threads split the rows
     // in each phase, and their partial sums are merged between phases

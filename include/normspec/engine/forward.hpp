@@ -188,33 +188,23 @@ inline void apply_run(const T* x, T* y, index_t n, index_t sx, index_t sy, const
                       const T* g, const T* bt, index_t sp) {
     using V = simd::vec<T>;
     if (sx == 1 && sy == 1) {
-        auto load = [](const T* p, index_t i) { return V::load_unaligned(p + i); };
         if (ss == 0 && (g == nullptr || sp == 0)) {  // planes and rows without parameters along them
-            const T m = mu[0], a = g ? sc[0] * g[0] : sc[0];
-            const T c = (g ? sh[0] * g[0] : sh[0]) + (bt ? bt[0] : T(0));
-            const V mv(m), av(a), cv(c);
-            simd::for_each_store<Stream>(
-                y, n, [&](index_t i) { return (x[i] - m) * a + c; },
-                [&](index_t i) { return xsimd::fma(load(x, i) - mv, av, cv); });
+            const T a = g ? sc[0] * g[0] : sc[0];
+            const V mv(mu[0]), av(a), cv((g ? sh[0] * g[0] : sh[0]) + (bt ? bt[0] : T(0)));
+            simd::for_each_store<Stream>(y, n, [&](auto load) { return xsimd::fma(load(x) - mv, av, cv); });
             return;
         }
         if (ss == 0 && sp == 1) {  // rows with parameters along them (LayerNorm, RMSNorm)
-            const T m = mu[0], a = sc[0], c = sh[0];
-            const V mv(m), av(a), cv(c);
+            const V mv(mu[0]), av(sc[0]), cv(sh[0]);
             if (bt)
                 simd::for_each_store<Stream>(
-                    y, n, [&](index_t i) { return ((x[i] - m) * a + c) * g[i] + bt[i]; },
-                    [&](index_t i) { return xsimd::fma(xsimd::fma(load(x, i) - mv, av, cv), load(g, i), load(bt, i)); });
+                    y, n, [&](auto load) { return xsimd::fma(xsimd::fma(load(x) - mv, av, cv), load(g), load(bt)); });
             else
-                simd::for_each_store<Stream>(
-                    y, n, [&](index_t i) { return ((x[i] - m) * a + c) * g[i]; },
-                    [&](index_t i) { return xsimd::fma(load(x, i) - mv, av, cv) * load(g, i); });
+                simd::for_each_store<Stream>(y, n, [&](auto load) { return xsimd::fma(load(x) - mv, av, cv) * load(g); });
             return;
         }
         if (ss == 1 && g == nullptr) {  // columns: a statistic per lane (BatchNorm on NHWC)
-            simd::for_each_store<Stream>(
-                y, n, [&](index_t i) { return (x[i] - mu[i]) * sc[i] + sh[i]; },
-                [&](index_t i) { return xsimd::fma(load(x, i) - load(mu, i), load(sc, i), load(sh, i)); });
+            simd::for_each_store<Stream>(y, n, [&](auto load) { return xsimd::fma(load(x) - load(mu), load(sc), load(sh)); });
             return;
         }
     }
@@ -222,6 +212,37 @@ inline void apply_run(const T* x, T* y, index_t n, index_t sx, index_t sy, const
         T v = (x[i * sx] - mu[i * ss]) * sc[i * ss] + sh[i * ss];
         if (g) v = v * g[i * sp] + (bt ? bt[i * sp] : T(0));
         y[i * sy] = v;
+    }
+}
+
+/// NB rows that share their parameters along the row (LayerNorm, RMSNorm): one sweep loads each
+/// vector of gamma and beta once for all NB rows, which halves the loads per element; row r has
+/// coefficients mu[r], sc[r], sh[r].
+template <int NB, class T>
+inline void apply_rows(const T* const* x, T* const* y, index_t n, const T* mu, const T* sc, const T* sh, const T* g, const T* bt) {
+    using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
+    V m[NB], a[NB], c[NB];
+    const T* xr[NB];
+    T* yr[NB];
+#pragma GCC unroll 4
+    for (int r = 0; r < NB; ++r) m[r] = V(mu[r]), a[r] = V(sc[r]), c[r] = V(sh[r]), xr[r] = x[r], yr[r] = y[r];
+    index_t i = 0;
+    for (; i + L <= n; i += L) {
+        const V gv = V::load_unaligned(g + i), bv = bt ? V::load_unaligned(bt + i) : V(T(0));
+        V v[NB];  // every row's loads before any store: with rows 4 KiB apart, a store to one row's
+                  // y would otherwise stall the next row's load at the same page offset
+#pragma GCC unroll 4
+        for (int r = 0; r < NB; ++r) v[r] = xsimd::fma(xsimd::fma(V::load_unaligned(xr[r] + i) - m[r], a[r], c[r]), gv, bv);
+#pragma GCC unroll 4
+        for (int r = 0; r < NB; ++r) v[r].store_unaligned(yr[r] + i);
+    }
+    if (i < n) {
+        const index_t t = n - i;
+        const V gv = simd::load_first(g + i, t), bv = bt ? simd::load_first(bt + i, t) : V(T(0));
+#pragma GCC unroll 4
+        for (int r = 0; r < NB; ++r)
+            simd::store_first(yr[r] + i, t, xsimd::fma(xsimd::fma(simd::load_first(xr[r] + i, t) - m[r], a[r], c[r]), gv, bv));
     }
 }
 
@@ -334,6 +355,8 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
     const index_t nk = count_of(K), nr = count_of(R), n = inner.extent;
     const index_t per_k = inner.reduced ? 1 : n;
     const index_t ss = inner.reduced ? 0 : inner.sstat;
+    // rows in cache with parameters along them: blocks of rows share each load of gamma and beta
+    const bool row_blocks = inner.reduced && R.empty() && inner.sx == 1 && inner.sy == 1 && g && inner.sparam == 1 && !stream;
 #pragma omp parallel num_threads(nt)
     {
         const auto [kb, ke] = split(nk, thread_id(), team_size());
@@ -341,7 +364,35 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
         std::vector<double> mean(n), m2(n);
         std::vector<T> scratch(3 * simd::width<T> + n);
         std::vector<const T*> rows;
-        for_range(K, kb, ke, [&](const offsets& kk) {
+        if (row_blocks) {  // blocks of rows: the statistics of each, then one sweep for all of them
+            constexpr int NB = 2;
+            const T* xs[NB];
+            T* ys[NB];
+            T mu[NB], sc[NB], sh[NB];
+            int nb = 0;
+            const T* g0 = nullptr;
+            auto flush = [&] {
+                switch (nb) {
+                    case 4: apply_rows<4>(xs, ys, n, mu, sc, sh, g0, bt ? bt + (g0 - g) : nullptr); break;
+                    case 3: apply_rows<3>(xs, ys, n, mu, sc, sh, g0, bt ? bt + (g0 - g) : nullptr); break;
+                    case 2: apply_rows<2>(xs, ys, n, mu, sc, sh, g0, bt ? bt + (g0 - g) : nullptr); break;
+                    case 1: apply_rows<1>(xs, ys, n, mu, sc, sh, g0, bt ? bt + (g0 - g) : nullptr); break;
+                }
+                nb = 0;
+            };
+            for_range(K, kb, ke, [&](const offsets& kk) {
+                if (nb > 0 && g + kk.param != g0) flush();  // parameters that vary along kept axes too
+                moments m;
+                accumulate_run<Rms>(x + kk.x, n, 1, m);
+                known(kk.stat, m, kk.param);
+                g0 = g + kk.param;
+                xs[nb] = x + kk.x;
+                ys[nb] = y + kk.y;
+                mu[nb] = k.mu[kk.stat], sc[nb] = k.sc[kk.stat], sh[nb] = k.sh[kk.stat];
+                if (++nb == NB) flush();
+            });
+            flush();
+        } else for_range(K, kb, ke, [&](const offsets& kk) {
             std::fill(acc.begin(), acc.end(), moments{});
             if (inner.reduced) {
                 for_range(R, 0, nr, [&](const offsets& r) { accumulate_run<Rms>(x + kk.x + r.x, n, inner.sx, acc[0]); });

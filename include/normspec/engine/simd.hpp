@@ -23,7 +23,91 @@ using vec = xsimd::batch<T>;
 template <class T>
 inline constexpr index_t width = index_t(vec<T>::size);
 
-/// f folded over p[0..n) with four independent accumulator chains: acc = f(acc, x)
+/// Lanes [0, n) of a vector: true.
+template <class T>
+inline xsimd::batch_bool<T> lanes_below(index_t n) {
+    alignas(64) static constexpr T iota[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    return vec<T>::load_aligned(iota) < vec<T>(T(n));
+}
+
+#if defined(__AVX__)
+/// AVX masks of the first n lanes, for the masked loads and stores below.
+inline __m256i lane_mask32(index_t n) {
+    alignas(32) static constexpr std::int32_t table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + 8 - n));
+}
+inline __m256i lane_mask64(index_t n) {
+    alignas(32) static constexpr std::int64_t table[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + 4 - n));
+}
+#endif
+
+/// The first n (0 <= n <= width) lanes of p, the others zero; memory past p + n is not touched.
+template <class T>
+inline vec<T> load_first(const T* p, index_t n) {
+    using V = vec<T>;
+#if defined(__AVX512F__)
+    if constexpr (V::size * sizeof(T) == 64) {
+        if constexpr (std::is_same_v<T, float>)
+            return V(_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p));
+        else
+            return V(_mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p));
+    }
+#endif
+#if defined(__AVX__)
+    if constexpr (V::size * sizeof(T) == 32) {
+        if constexpr (std::is_same_v<T, float>)
+            return V(_mm256_maskload_ps(p, lane_mask32(n)));
+        else
+            return V(_mm256_maskload_pd(p, lane_mask64(n)));
+    }
+#endif
+    alignas(64) T buf[V::size] = {};
+    std::copy(p, p + n, buf);
+    return V::load_aligned(buf);
+}
+
+/// Stores the first n (0 <= n <= width) lanes of v at p; memory past p + n is not touched.
+template <class T>
+inline void store_first(T* p, index_t n, const vec<T>& v) {
+    using V = vec<T>;
+#if defined(__AVX512F__)
+    if constexpr (V::size * sizeof(T) == 64) {
+        if constexpr (std::is_same_v<T, float>)
+            _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), v);
+        else
+            _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), v);
+        return;
+    }
+#endif
+#if defined(__AVX__)
+    if constexpr (V::size * sizeof(T) == 32) {
+        if constexpr (std::is_same_v<T, float>)
+            _mm256_maskstore_ps(p, lane_mask32(n), v);
+        else
+            _mm256_maskstore_pd(p, lane_mask64(n), v);
+        return;
+    }
+#endif
+    alignas(64) T buf[V::size];
+    v.store_aligned(buf);
+    std::copy(buf, buf + n, p);
+}
+
+/// Loads of a run: `full` reads a whole vector at p + i; `first` only the run's last n values.
+template <class T>
+struct full_load {
+    index_t i;
+    vec<T> operator()(const T* p) const { return vec<T>::load_unaligned(p + i); }
+};
+template <class T>
+struct first_load {
+    index_t i, n;
+    vec<T> operator()(const T* p) const { return load_first(p + i, n); }
+};
+
+/// f folded over p[0..n) with four independent accumulator chains: acc = f(acc, x). The tail is
+/// one masked vector: lanes past n keep their accumulator.
 template <class T, class F>
 inline T fold4(const T* p, index_t n, F f) {
     using V = vec<T>;
@@ -36,10 +120,9 @@ inline T fold4(const T* p, index_t n, F f) {
         c = f(c, V::load_unaligned(p + i + 2 * L));
         d = f(d, V::load_unaligned(p + i + 3 * L));
     }
-    for (; i + L <= n; i += L) a = f(a, V::load_unaligned(p + i));
-    T s = xsimd::hadd((a + b) + (c + d));
-    for (; i < n; ++i) s = f(s, p[i]);
-    return s;
+    for (; i + L <= n; i += L) b = f(b, V::load_unaligned(p + i));
+    if (i < n) c = xsimd::select(lanes_below<T>(n - i), f(c, load_first(p + i, n - i)), c);
+    return xsimd::hadd((a + b) + (c + d));
 }
 
 /// sum of p[0..n)
@@ -54,33 +137,34 @@ inline T squares(const T* p, index_t n) {
     return fold4(p, n, [](auto acc, auto x) { return xsimd::fma(x, x, acc); });
 }
 
-/// sum of (p[i] - m)^2 and of (p[i] - m) over [0, n)
+/// sum of (p[i] - m)^2 and of (p[i] - m) over [0, n), with four chains of each
 template <class T>
 inline void deviations(const T* p, index_t n, T m, T& sq, T& lin) {
     using V = vec<T>;
     constexpr index_t L = width<T>;
     const V mv(m);
-    V q0(T(0)), q1(T(0)), r0(T(0)), r1(T(0));
+    V q[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))}, r[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))};
     index_t i = 0;
-    for (; i + 2 * L <= n; i += 2 * L) {
-        const V d0 = V::load_unaligned(p + i) - mv, d1 = V::load_unaligned(p + i + L) - mv;
-        q0 = xsimd::fma(d0, d0, q0);
-        q1 = xsimd::fma(d1, d1, q1);
-        r0 += d0;
-        r1 += d1;
+    for (; i + 4 * L <= n; i += 4 * L) {
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+            const V d = V::load_unaligned(p + i + c * L) - mv;
+            q[c] = xsimd::fma(d, d, q[c]);
+            r[c] += d;
+        }
     }
-    for (; i + L <= n; i += L) {
-        const V d0 = V::load_unaligned(p + i) - mv;
-        q0 = xsimd::fma(d0, d0, q0);
-        r0 += d0;
+    for (int c = 0; i + L <= n; i += L, ++c) {
+        const V d = V::load_unaligned(p + i) - mv;
+        q[c] = xsimd::fma(d, d, q[c]);
+        r[c] += d;
     }
-    sq = xsimd::hadd(q0 + q1);
-    lin = xsimd::hadd(r0 + r1);
-    for (; i < n; ++i) {
-        const T d = p[i] - m;
-        sq += d * d;
-        lin += d;
+    if (i < n) {
+        const V d = xsimd::select(lanes_below<T>(n - i), load_first(p + i, n - i) - mv, V(T(0)));
+        q[3] = xsimd::fma(d, d, q[3]);
+        r[3] += d;
     }
+    sq = xsimd::hadd((q[0] + q[1]) + (q[2] + q[3]));
+    lin = xsimd::hadd((r[0] + r[1]) + (r[2] + r[3]));
 }
 
 /// Stores v at p: a streaming (non-temporal) store when Stream and p is vector-aligned.
@@ -111,22 +195,23 @@ inline void store(T* p, const vec<T>& v) {
     v.store_unaligned(p);
 }
 
-/// y[i] = scalar(i) or, a vector at a time, vector(i) for i in [0, n). With Stream, a scalar head
-/// first brings y to vector alignment (large allocations are only 16-byte aligned), so the body's
-/// stores can stream.
-template <bool Stream, class T, class Scalar, class Vector>
-inline void for_each_store(T* y, index_t n, Scalar&& scalar, Vector&& vector) {
+/// y[i .. i + width) = f(load) for i in [0, n), a vector at a time: `load(p)` reads the vector of
+/// p that lines up with y + i (full_load, or first_load for a partial vector, whose store is
+/// masked too). With Stream, a masked head first brings y to vector alignment (large allocations
+/// are only 16-byte aligned), so the body's stores can stream.
+template <bool Stream, class T, class F>
+inline void for_each_store(T* y, index_t n, F&& f) {
     constexpr index_t L = width<T>;
     index_t i = 0;
     if constexpr (Stream) {
         const auto bytes = reinterpret_cast<std::uintptr_t>(y) % (L * sizeof(T));
         if (bytes % sizeof(T) == 0 && bytes != 0) {
-            const index_t head = std::min<index_t>(n, index_t((L * sizeof(T) - bytes) / sizeof(T)));
-            for (; i < head; ++i) y[i] = scalar(i);
+            i = std::min<index_t>(n, index_t((L * sizeof(T) - bytes) / sizeof(T)));
+            store_first(y, i, f(first_load<T>{0, i}));
         }
     }
-    for (; i + L <= n; i += L) store<Stream>(y + i, vector(i));
-    for (; i < n; ++i) y[i] = scalar(i);
+    for (; i + L <= n; i += L) store<Stream>(y + i, f(full_load<T>{i}));
+    if (i < n) store_first(y + i, n - i, f(first_load<T>{i, n - i}));
 }
 
 /// Orders streaming stores before what follows (a no-op without them).
