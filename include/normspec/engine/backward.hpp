@@ -204,6 +204,82 @@ void column_dx(const backward_context<T>& cx, const offsets& kk, const column_la
     });
 }
 
+/// What one row normalized with (mean as a pair hi + lo, rstd) and its dx coefficients.
+template <class T>
+struct row_coefficients {
+    T mhi = 0, mlo = 0, rs = 0, c1 = 0, c2 = 0;
+};
+
+/// Loads and stores of a whole vector at p + i, or (Tail) of its first t values only.
+template <bool Tail, class T>
+inline simd::vec<T> load_at(const T* p, index_t i, index_t t) {
+    if constexpr (Tail)
+        return simd::load_first(p + i, t);
+    else
+        return simd::vec<T>::load_unaligned(p + i);
+}
+template <bool Tail, class T>
+inline void store_at(T* p, index_t i, index_t t, const simd::vec<T>& v) {
+    if constexpr (Tail)
+        simd::store_first(p + i, t, v);
+    else
+        v.store_unaligned(p + i);
+}
+
+/// NB rows whose parameters lie along the row (LayerNorm, RMSNorm), in one sweep: each row's sums
+/// of gy and gy * xhat into s1[r], s2[r], and the block's dy * xhat and dy added to pg and pb
+/// (nullptr: not wanted), whose vectors are loaded and stored once for all NB rows. g nullptr: 1.
+template <int NB, class T>
+void rows_sums(const T* const* x, const T* const* dy, index_t n, const row_coefficients<T>* rc, const T* g, T* pg, T* pb,
+               double* s1, double* s2) {
+    using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
+    V a[NB], b[NB], mh[NB], ml[NB], rs[NB];
+    for (int r = 0; r < NB; ++r) a[r] = b[r] = V(T(0)), mh[r] = V(rc[r].mhi), ml[r] = V(rc[r].mlo), rs[r] = V(rc[r].rs);
+    auto step = [&]<bool Tail>(index_t i, index_t t) {
+        const V gv = g ? load_at<Tail>(g, i, t) : V(T(1));
+        V ag = pg ? load_at<Tail>((const T*)pg, i, t) : V(T(0)), ab = pb ? load_at<Tail>((const T*)pb, i, t) : V(T(0));
+#pragma GCC unroll 4
+        for (int r = 0; r < NB; ++r) {
+            const V d = load_at<Tail>(dy[r], i, t), xh = ((load_at<Tail>(x[r], i, t) - mh[r]) - ml[r]) * rs[r], gy = d * gv;
+            a[r] += gy;
+            b[r] = xsimd::fma(gy, xh, b[r]);
+            ag = xsimd::fma(d, xh, ag);
+            ab += d;
+        }
+        if (pg) store_at<Tail>(pg, i, t, ag);
+        if (pb) store_at<Tail>(pb, i, t, ab);
+    };
+    index_t i = 0;
+    for (; i + L <= n; i += L) step.template operator()<false>(i, L);
+    if (i < n) step.template operator()<true>(i, n - i);  // masked lanes load 0: d = 0 adds nothing
+    for (int r = 0; r < NB; ++r) s1[r] = double(xsimd::hadd(a[r])), s2[r] = double(xsimd::hadd(b[r]));
+}
+
+/// dx of NB rows whose parameters lie along the row, one load of each gamma vector for all of them.
+template <int NB, class T>
+void rows_dx(const T* const* x, const T* const* dy, T* const* dx, index_t n, const row_coefficients<T>* rc, const T* g) {
+    using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
+    V mh[NB], ml[NB], rs[NB], c1[NB], c2[NB];
+    for (int r = 0; r < NB; ++r)
+        mh[r] = V(rc[r].mhi), ml[r] = V(rc[r].mlo), rs[r] = V(rc[r].rs), c1[r] = V(rc[r].c1), c2[r] = V(rc[r].c2);
+    auto step = [&]<bool Tail>(index_t i, index_t t) {
+        const V gv = g ? load_at<Tail>(g, i, t) : V(T(1));
+        V v[NB];  // every row's loads before any store (rows 4 KiB apart alias)
+#pragma GCC unroll 4
+        for (int r = 0; r < NB; ++r) {
+            const V xh = ((load_at<Tail>(x[r], i, t) - mh[r]) - ml[r]) * rs[r];
+            v[r] = xsimd::fnma(xh, c2[r], load_at<Tail>(dy[r], i, t) * gv - c1[r]) * rs[r];
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < NB; ++r) store_at<Tail>(dx[r], i, t, v[r]);
+    };
+    index_t i = 0;
+    for (; i + L <= n; i += L) step.template operator()<false>(i, L);
+    if (i < n) step.template operator()<true>(i, n - i);
+}
+
 }  // namespace detail
 
 template <class T>
@@ -422,8 +498,59 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             lanes_state.finish(cx, kk, t1.data(), t2.data(), tg.data(), tb.data(), dg, db);
             detail::column_dx(cx, kk, lanes_state, 0, nr);
         };
+        // rows whose parameters lie along them (LayerNorm, RMSNorm): blocks of rows share each
+        // load and store of dgamma, dbeta and gamma
+        constexpr int NB = 4;
+        offsets block[NB];
+        int nb = 0;
+        auto flush_rows = [&] {
+            const T* xs[NB];
+            const T* dys[NB];
+            T* dxs[NB];
+            detail::row_coefficients<T> rc[NB];
+            double s1[NB], s2[NB];
+            for (int r = 0; r < nb; ++r) {
+                const offsets& kk = block[r];
+                xs[r] = X + kk.x, dys[r] = DY + kk.dy, dxs[r] = DX + kk.y;
+                double m = a.mean ? double(a.mean[kk.stat]) : 0.0;
+                if (a.mean && !a.constant_stats) {  // the exact mean, from x and the rounded saved one
+                    const T mt = T(m);
+                    m = double(mt) + double(simd::fold4(xs[r], n, [&](auto acc, auto v) { return acc + (v - decltype(v)(mt)); })) * inv_n;
+                }
+                rc[r].mhi = T(m), rc[r].mlo = T(m - double(rc[r].mhi)), rc[r].rs = a.rstd[kk.stat];
+            }
+            const index_t pb = block[0].param;
+            const T* g = a.gamma ? a.gamma + pb : nullptr;
+            T* pg = dgT.empty() || !dg ? nullptr : dgT.data() + pb;
+            T* pbt = dbT.empty() || !db ? nullptr : dbT.data() + pb;
+            switch (nb) {
+                case 4: detail::rows_sums<4>(xs, dys, n, rc, g, pg, pbt, s1, s2); break;
+                case 3: detail::rows_sums<3>(xs, dys, n, rc, g, pg, pbt, s1, s2); break;
+                case 2: detail::rows_sums<2>(xs, dys, n, rc, g, pg, pbt, s1, s2); break;
+                case 1: detail::rows_sums<1>(xs, dys, n, rc, g, pg, pbt, s1, s2); break;
+            }
+            for (int r = 0; r < nb; ++r) {
+                rc[r].c1 = spec.rms || a.constant_stats ? T(0) : T(s1[r] * inv_n);
+                rc[r].c2 = a.constant_stats ? T(0) : T(s2[r] * inv_n);
+            }
+            switch (nb) {
+                case 4: detail::rows_dx<4>(xs, dys, dxs, n, rc, g); break;
+                case 3: detail::rows_dx<3>(xs, dys, dxs, n, rc, g); break;
+                case 2: detail::rows_dx<2>(xs, dys, dxs, n, rc, g); break;
+                case 1: detail::rows_dx<1>(xs, dys, dxs, n, rc, g); break;
+            }
+            if ((pending += nb) >= 64) flush_params();
+            nb = 0;
+        };
+        const bool row_blocks = vector_rows && R.empty() && inner.sparam == 1;
         const auto [kb, ke] = split(nk, t, team);
         for_range(K, kb, ke, [&](const offsets& kk) {
+            if (row_blocks) {
+                if (nb > 0 && kk.param != block[0].param) flush_rows();  // parameters along kept axes too
+                block[nb++] = kk;
+                if (nb == NB) flush_rows();
+                return;
+            }
             if (vector_rows) {
                 rows_kernel(kk);
                 return;
@@ -483,6 +610,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
                 }
             });
         });
+        if (nb) flush_rows();
         if (pending) flush_params();
     }
     for (std::size_t i = 0; i < pc; ++i) {

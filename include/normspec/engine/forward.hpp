@@ -256,11 +256,49 @@ inline void apply_run_stores(bool stream, const T* x, T* y, index_t n, index_t s
         apply_run<false>(x, y, n, sx, sy, mu, sc, sh, ss, g, bt, sp);
 }
 
+/// Columns whose rows are contiguous (BatchNorm on NHWC): positions [b, e) of one flat run of
+/// rows of c lanes, lane j = position mod c. mu, sc, sh hold c + width values (lane j's at j,
+/// wrapping round), so a vector starting at any lane loads its coefficients in one go, and the
+/// stores stream over the whole range instead of restarting at every short row.
+template <bool Stream, class T>
+inline void apply_flat_columns(const T* x, T* y, index_t b, index_t e, index_t c, const T* mu, const T* sc, const T* sh) {
+    using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
+    index_t i = b, j = b % c;
+    auto scalar = [&] {
+        y[i] = (x[i] - mu[j]) * sc[j] + sh[j];
+        ++i;
+        if (++j == c) j = 0;
+    };
+    if constexpr (Stream)  // a scalar head brings y to vector alignment
+        while (i < e && reinterpret_cast<std::uintptr_t>(y + i) % (L * sizeof(T)) != 0) scalar();
+    for (; i + L <= e; i += L) {
+        simd::store<Stream>(y + i, xsimd::fma(V::load_unaligned(x + i) - V::load_unaligned(mu + j), V::load_unaligned(sc + j),
+                                              V::load_unaligned(sh + j)));
+        for (j += L; j >= c;) j -= c;
+    }
+    while (i < e) scalar();
+}
+
 template <bool Stream, class T>
 void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const T* g, const T* bt, int nt) {
     const loop_dim inner = p.apply.back();
     const std::vector<loop_dim> outer(p.apply.begin(), p.apply.end() - 1);
     const index_t no = count_of(outer), n = inner.extent;
+    if (outer.size() == 1 && outer[0].reduced && outer[0].sx == n && outer[0].sy == n && !inner.reduced && inner.sx == 1 &&
+        inner.sy == 1 && inner.sstat == 1 && g == nullptr) {
+        const index_t total = no * n;
+        std::vector<T> mu(std::size_t(n + simd::width<T>)), sc(mu.size()), sh(mu.size());
+        for (std::size_t j = 0; j < mu.size(); ++j)
+            mu[j] = k.mu[j % std::size_t(n)], sc[j] = k.sc[j % std::size_t(n)], sh[j] = k.sh[j % std::size_t(n)];
+#pragma omp parallel num_threads(nt)
+        {
+            const auto [b, e] = split(total, thread_id(), team_size());
+            apply_flat_columns<Stream>(x, y, b, e, n, mu.data(), sc.data(), sh.data());
+            if constexpr (Stream) simd::fence();
+        }
+        return;
+    }
     const bool split_outer = no >= nt;
 #pragma omp parallel num_threads(nt)
     {
