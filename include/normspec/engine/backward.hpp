@@ -71,6 +71,7 @@ struct column_lanes {
             const index_t s = kk.stat + (group > 1 ? (j / group) * cx.gstat : j * cx.inner.sstat);
             mean[j] = cx.a.mean ? double(cx.a.mean[s]) : 0.0;
             mhi[j] = T(mean[j]);
+            mlo[j] = T(mean[j] - double(mhi[j]));
             rs[j] = cx.a.rstd[s];
         }
     }
@@ -83,131 +84,38 @@ struct column_lanes {
             mlo[j] = T(m - double(mhi[j]));
         }
     }
-    /// the dx coefficients from the sums, and dgamma/dbeta per lane
-    void finish(const backward_context<T>& cx, const offsets& kk, const double* t1, const double* t2, const double* tg,
-                const double* tb, double* dg, double* db) {
+    /// The dx coefficients from the sums, and dgamma/dbeta per lane. The sums were taken with the saved mean, which is rounded to T; residue[j] (nullptr: none)
+    /// is the sum of x - saved mean over lane j. The exact mean is the saved one plus delta =
+    /// residue / N (summed over the group's lanes), and xhat = xhat' - delta * rstd, so
+    /// sum(gy * xhat) = sum(gy * xhat') - delta * rstd * sum(gy), and likewise for dy.
+    void finish(const backward_context<T>& cx, const offsets& kk, const double* t1, double* t2, const double* tg_in,
+                const double* tb, const double* residue, double* dg, double* db) {
+        std::vector<double> tg(tg_in, tg_in + mean.size());
+        if (residue) {
+            const double* r = group_sums(residue);
+            for (std::size_t j = 0; j < mean.size(); ++j) {
+                const double shift = r[j] * cx.inv_n * double(rs[j]);
+                t2[j] -= shift * t1[j];
+                tg[j] -= shift * tb[j];
+            }
+            set_means(residue, cx.inv_n);  // dx then uses the exact mean
+        }
         std::vector<double> g1;  // the statistic's sums, from its group's lanes
+        const double* s1 = t1;
+        const double* s2 = t2;
         if (group > 1) {
-            const double* s1 = group_sums(t1);
+            s1 = group_sums(t1);
             g1.assign(s1, s1 + mean.size());
-            t1 = g1.data(), t2 = group_sums(t2);
+            s1 = g1.data(), s2 = group_sums(t2);
         }
         for (std::size_t j = 0; j < mean.size(); ++j) {
-            c1[j] = cx.spec.rms || cx.a.constant_stats ? T(0) : T(t1[j] * cx.inv_n);
-            c2[j] = cx.a.constant_stats ? T(0) : T(t2[j] * cx.inv_n);
+            c1[j] = cx.spec.rms || cx.a.constant_stats ? T(0) : T(s1[j] * cx.inv_n);
+            c2[j] = cx.a.constant_stats ? T(0) : T(s2[j] * cx.inv_n);
             const index_t pi = kk.param + index_t(j) * cx.inner.sparam;
             if (dg) dg[pi] += tg[j];
             if (db) db[pi] += tb[j];
         }
     }
-};
-
-/// Rows [r0, r1) of R, in blocks of 64: per_row(row offsets) each, flush() after each block.
-template <class PerRow, class Flush>
-void column_blocks(const std::vector<loop_dim>& R, index_t r0, index_t r1, PerRow&& per_row, Flush&& flush) {
-    index_t in_block = 0;
-    for_range(R, r0, r1, [&](const offsets& r) {
-        per_row(r);
-        if (++in_block == 64) flush(), in_block = 0;
-    });
-    if (in_block) flush();
-}
-
-/// residue[j] += sum over rows [r0, r1) of x - mhi[j] (sums in T per block, merged in double)
-template <class T>
-void column_residue(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln, index_t r0, index_t r1,
-                    double* residue) {
-    using V = simd::vec<T>;
-    constexpr index_t L = simd::width<T>;
-    const index_t n = cx.inner.extent, nv = n - n % L;
-    std::vector<T> acc(std::size_t(n), T(0));
-    column_blocks(
-        cx.R, r0, r1,
-        [&](const offsets& r) {
-            const T* x = cx.a.x.data + kk.x + r.x;
-            index_t j = 0;
-            for (; j < nv; j += L)
-                (V::load_unaligned(acc.data() + j) + (V::load_unaligned(x + j) - V::load_unaligned(ln.mhi.data() + j)))
-                    .store_unaligned(acc.data() + j);
-            for (; j < n; ++j) acc[j] += x[j] - ln.mhi[j];
-        },
-        [&] {
-            for (index_t j = 0; j < n; ++j) residue[j] += double(acc[j]), acc[j] = T(0);
-        });
-}
-
-/// sums over rows [r0, r1) per lane: gy, gy * xhat, dy * xhat, dy
-template <class T>
-void column_sums(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln, index_t r0, index_t r1, double* t1,
-                 double* t2, double* tg, double* tb) {
-    using V = simd::vec<T>;
-    constexpr index_t L = simd::width<T>;
-    const index_t n = cx.inner.extent, nv = n - n % L;
-    const T* g = cx.a.gamma ? cx.a.gamma + kk.param : nullptr;  // along the lanes, step inner.sparam (0 or 1)
-    const index_t sp = cx.inner.sparam;
-    std::vector<T> a1(std::size_t(n), T(0)), a2(a1), ag(a1), ab(a1);
-    column_blocks(
-        cx.R, r0, r1,
-        [&](const offsets& r) {
-            const T* x = cx.a.x.data + kk.x + r.x;
-            const T* dy = cx.a.dy.data + kk.dy + r.dy;
-            index_t j = 0;
-            for (; j < nv; j += L) {
-                const V d = V::load_unaligned(dy + j);
-                const V xh = ((V::load_unaligned(x + j) - V::load_unaligned(ln.mhi.data() + j)) - V::load_unaligned(ln.mlo.data() + j)) *
-                             V::load_unaligned(ln.rs.data() + j);
-                const V gy = !g ? d : sp == 1 ? d * V::load_unaligned(g + j) : d * V(g[0]);
-                (V::load_unaligned(a1.data() + j) + gy).store_unaligned(a1.data() + j);
-                xsimd::fma(gy, xh, V::load_unaligned(a2.data() + j)).store_unaligned(a2.data() + j);
-                xsimd::fma(d, xh, V::load_unaligned(ag.data() + j)).store_unaligned(ag.data() + j);
-                (V::load_unaligned(ab.data() + j) + d).store_unaligned(ab.data() + j);
-            }
-            for (; j < n; ++j) {
-                const T xh = ((x[j] - ln.mhi[j]) - ln.mlo[j]) * ln.rs[j], gy = dy[j] * (g ? g[j * sp] : T(1));
-                a1[j] += gy, a2[j] += gy * xh, ag[j] += dy[j] * xh, ab[j] += dy[j];
-            }
-        },
-        [&] {
-            for (index_t j = 0; j < n; ++j) {
-                t1[j] += double(a1[j]), t2[j] += double(a2[j]), tg[j] += double(ag[j]), tb[j] += double(ab[j]);
-                a1[j] = a2[j] = ag[j] = ab[j] = T(0);
-            }
-        });
-}
-
-/// dx for rows [r0, r1)
-template <class T>
-void column_dx(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln, index_t r0, index_t r1) {
-    using V = simd::vec<T>;
-    constexpr index_t L = simd::width<T>;
-    const index_t n = cx.inner.extent, nv = n - n % L;
-    const T* g = cx.a.gamma ? cx.a.gamma + kk.param : nullptr;
-    const index_t sp = cx.inner.sparam;
-    for_range(cx.R, r0, r1, [&](const offsets& r) {
-        const T* x = cx.a.x.data + kk.x + r.x;
-        const T* dy = cx.a.dy.data + kk.dy + r.dy;
-        T* dx = cx.a.dx.data + kk.y + r.y;
-        index_t j = 0;
-        for (; j < nv; j += L) {
-            const V d = V::load_unaligned(dy + j);
-            const V gy = !g ? d : sp == 1 ? d * V::load_unaligned(g + j) : d * V(g[0]);
-            const V xh = ((V::load_unaligned(x + j) - V::load_unaligned(ln.mhi.data() + j)) - V::load_unaligned(ln.mlo.data() + j)) *
-                         V::load_unaligned(ln.rs.data() + j);
-            (xsimd::fnma(xh, V::load_unaligned(ln.c2.data() + j), gy - V::load_unaligned(ln.c1.data() + j)) *
-             V::load_unaligned(ln.rs.data() + j))
-                .store_unaligned(dx + j);
-        }
-        for (; j < n; ++j) {
-            const T xh = ((x[j] - ln.mhi[j]) - ln.mlo[j]) * ln.rs[j];
-            dx[j] = (dy[j] * (g ? g[j * sp] : T(1)) - ln.c1[j] - xh * ln.c2[j]) * ln.rs[j];
-        }
-    });
-}
-
-/// What one row normalized with (mean as a pair hi + lo, rstd) and its dx coefficients.
-template <class T>
-struct row_coefficients {
-    T mhi = 0, mlo = 0, rs = 0, c1 = 0, c2 = 0;
 };
 
 /// Loads and stores of a whole vector at p + i, or (Tail) of its first t values only.
@@ -225,6 +133,118 @@ inline void store_at(T* p, index_t i, index_t t, const simd::vec<T>& v) {
     else
         v.store_unaligned(p + i);
 }
+
+/// Rows [r0, r1) of R in blocks that stay in cache (at most 64 rows and about 16 K values of
+/// each array): block(rows, count) per block.
+template <class Block>
+void column_blocks(const std::vector<loop_dim>& R, index_t r0, index_t r1, index_t n, Block&& block) {
+    // the lane loops below walk down the rows a vector of lanes at a time; asking for the block's
+    // lines in row order first keeps memory streaming (see column_prefetch)
+    constexpr index_t most = 64;
+    const index_t per = std::max<index_t>(1, std::min<index_t>(most, 16384 / std::max<index_t>(n, 1)));
+    offsets rows[most];
+    index_t count = 0;
+    for_range(R, r0, r1, [&](const offsets& r) {
+        rows[count++] = r;
+        if (count == per) block(rows, count), count = 0;
+    });
+    if (count) block(rows, count);
+}
+
+/// Asks for the lines of n values at base + rows[i].x (or .dy), row by row, ahead of the lane
+/// loops that read the block a vector of lanes at a time.
+template <class T>
+inline void column_prefetch(const T* base, const offsets* rows, index_t count, index_t n, bool dy) {
+    const index_t line = 64 / index_t(sizeof(T));
+    for (index_t i = 0; i < count; ++i)
+        for (index_t j = 0; j < n; j += line) __builtin_prefetch(base + (dy ? rows[i].dy : rows[i].x) + j, 0, 3);
+}
+
+/// f.template operator()<Tail>(j, t) for every vector of lanes [j, j + t) of n lanes: whole
+/// vectors, then one masked vector for the rest.
+template <class T, class F>
+inline void for_lane_vectors(index_t n, F&& f) {
+    constexpr index_t L = simd::width<T>;
+    index_t j = 0;
+    for (; j + L <= n; j += L) f.template operator()<false>(j, L);
+    if (j < n) f.template operator()<true>(j, n - j);
+}
+
+/// out[j .. j + t) += the lanes of v, in double
+template <class T>
+inline void add_lanes(double* out, index_t t, const simd::vec<T>& v) {
+    alignas(64) T buf[simd::vec<T>::size];
+    v.store_aligned(buf);
+    for (index_t l = 0; l < t; ++l) out[l] += double(buf[l]);
+}
+
+/// sums over rows [r0, r1) per lane: gy, gy * xhat, dy * xhat, dy and (tr not nullptr) x - mean,
+/// with the saved mean (column_lanes::finish corrects them to the exact one). Per block, each
+/// vector of lanes accumulates down the rows in registers, two rows at a time, then adds in double.
+template <class T>
+void column_sums(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln, index_t r0, index_t r1, double* t1,
+                 double* t2, double* tg, double* tb, double* tr) {
+    using V = simd::vec<T>;
+    const index_t n = cx.inner.extent;
+    const T* g = cx.a.gamma ? cx.a.gamma + kk.param : nullptr;  // along the lanes, step inner.sparam (0 or 1)
+    const index_t sp = cx.inner.sparam;
+    const T* X = cx.a.x.data + kk.x;
+    const T* DY = cx.a.dy.data + kk.dy;
+    column_blocks(cx.R, r0, r1, n, [&](const offsets* rows, index_t count) {
+        column_prefetch(X, rows, count, n, false);
+        column_prefetch(DY, rows, count, n, true);
+        for_lane_vectors<T>(n, [&]<bool Tail>(index_t j, index_t t) {
+            const V mh = load_at<Tail>(ln.mhi.data(), j, t), ml = load_at<Tail>(ln.mlo.data(), j, t),
+                    rs = load_at<Tail>(ln.rs.data(), j, t);
+            const V gv = !g ? V(T(1)) : sp == 1 ? load_at<Tail>(g, j, t) : V(g[0]);
+            V a1[2] = {V(T(0)), V(T(0))}, a2[2] = {a1[0], a1[0]}, ag[2] = {a1[0], a1[0]}, ab[2] = {a1[0], a1[0]};
+            V ar[2] = {a1[0], a1[0]};
+            auto row = [&](int c, const offsets& r) {
+                const V d = load_at<Tail>(DY + r.dy, j, t), xc = (load_at<Tail>(X + r.x, j, t) - mh) - ml, xh = xc * rs, gy = d * gv;
+                if (tr) ar[c] += xc;
+                a1[c] += gy;
+                a2[c] = xsimd::fma(gy, xh, a2[c]);
+                ag[c] = xsimd::fma(d, xh, ag[c]);
+                ab[c] += d;
+            };
+            index_t i = 0;
+            for (; i + 2 <= count; i += 2) row(0, rows[i]), row(1, rows[i + 1]);
+            if (i < count) row(0, rows[i]);
+            add_lanes<T>(t1 + j, t, a1[0] + a1[1]);
+            add_lanes<T>(t2 + j, t, a2[0] + a2[1]);
+            add_lanes<T>(tg + j, t, ag[0] + ag[1]);
+            add_lanes<T>(tb + j, t, ab[0] + ab[1]);
+            if (tr) add_lanes<T>(tr + j, t, ar[0] + ar[1]);
+        });
+    });
+}
+
+/// dx for rows [r0, r1), row by row (memory read and written in order)
+template <class T>
+void column_dx(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln, index_t r0, index_t r1) {
+    using V = simd::vec<T>;
+    const index_t n = cx.inner.extent;
+    const T* g = cx.a.gamma ? cx.a.gamma + kk.param : nullptr;
+    const index_t sp = cx.inner.sparam;
+    for_range(cx.R, r0, r1, [&](const offsets& r) {
+        const T* x = cx.a.x.data + kk.x + r.x;
+        const T* dy = cx.a.dy.data + kk.dy + r.dy;
+        T* dx = cx.a.dx.data + kk.y + r.y;
+        for_lane_vectors<T>(n, [&]<bool Tail>(index_t j, index_t t) {
+            const V gv = !g ? V(T(1)) : sp == 1 ? load_at<Tail>(g, j, t) : V(g[0]);
+            const V rs = load_at<Tail>(ln.rs.data(), j, t);
+            const V xh = ((load_at<Tail>(x, j, t) - load_at<Tail>(ln.mhi.data(), j, t)) - load_at<Tail>(ln.mlo.data(), j, t)) * rs;
+            store_at<Tail>(dx, j, t,
+                           xsimd::fnma(xh, load_at<Tail>(ln.c2.data(), j, t), load_at<Tail>(dy, j, t) * gv - load_at<Tail>(ln.c1.data(), j, t)) * rs);
+        });
+    });
+}
+
+/// What one row normalized with (mean as a pair hi + lo, rstd) and its dx coefficients.
+template <class T>
+struct row_coefficients {
+    T mhi = 0, mlo = 0, rs = 0, c1 = 0, c2 = 0;
+};
 
 /// NB rows whose parameters lie along the row (LayerNorm, RMSNorm), in one sweep: each row's sums
 /// of gy and gy * xhat into s1[r], s2[r], and the block's dy * xhat and dy added to pg and pb
@@ -335,10 +355,10 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     // in each phase, and their partial sums are merged between phases
     const int wanted = threads_for(total, a.threads);
     if (vector_columns && nk < wanted) {
-        std::vector<double> parts(std::size_t(wanted) * std::size_t(n) * 4), merged(std::size_t(n) * 4);
+        std::vector<double> parts(std::size_t(wanted) * std::size_t(n) * 5), merged(std::size_t(n) * 5);
         detail::column_lanes<T> ln;
         std::vector<double> dg_all(pc, 0.0), db_all(pc, 0.0);
-        auto part = [&](int t, int which) { return &parts[(std::size_t(t) * 4 + std::size_t(which)) * std::size_t(n)]; };
+        auto part = [&](int t, int which) { return &parts[(std::size_t(t) * 5 + std::size_t(which)) * std::size_t(n)]; };
         auto merge = [&](int count) {
             std::fill(merged.begin(), merged.end(), 0.0);
             for (int t = 0; t < wanted; ++t)
@@ -349,24 +369,17 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         for_range(K, 0, nk, [&](const offsets& kk) {
             ln.init(cx, kk);
             std::fill(parts.begin(), parts.end(), 0.0);
-            if (a.mean && !a.constant_stats) {
-#pragma omp parallel num_threads(wanted)
-                {
-                    const auto [r0, r1] = split(nr, thread_id(), team_size());
-                    detail::column_residue(cx, kk, ln, r0, r1, part(thread_id(), 0));
-                }
-            }
-            merge(1);
-            ln.set_means(merged.data(), inv_n);
+            const bool exact_mean = a.mean && !a.constant_stats;
 #pragma omp parallel num_threads(wanted)
             {
                 const int t = thread_id();
                 const auto [r0, r1] = split(nr, t, team_size());
-                detail::column_sums(cx, kk, ln, r0, r1, part(t, 0), part(t, 1), part(t, 2), part(t, 3));
+                detail::column_sums(cx, kk, ln, r0, r1, part(t, 0), part(t, 1), part(t, 2), part(t, 3), exact_mean ? part(t, 4) : nullptr);
             }
-            merge(4);
-            ln.finish(cx, kk, &merged[0], &merged[std::size_t(n)], &merged[2 * std::size_t(n)], &merged[3 * std::size_t(n)],
-                      pc ? dg_all.data() : nullptr, pc ? db_all.data() : nullptr);
+            merge(5);
+            auto m = [&](int w) { return &merged[std::size_t(w) * std::size_t(n)]; };
+            ln.finish(cx, kk, m(0), m(1), m(2), m(3), exact_mean ? m(4) : nullptr, pc ? dg_all.data() : nullptr,
+                      pc ? db_all.data() : nullptr);
 #pragma omp parallel num_threads(wanted)
             {
                 const auto [r0, r1] = split(nr, thread_id(), team_size());
@@ -489,13 +502,12 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         };
         std::vector<double> t1, t2, tg, tb, residue;
         detail::column_lanes<T> lanes_state;
-        auto columns_kernel = [&](const offsets& kk) {  // the three phases over all rows of this kept index
+        auto columns_kernel = [&](const offsets& kk) {  // the two sweeps over all rows of this kept index
             lanes_state.init(cx, kk);
             for (auto* v : {&residue, &t1, &t2, &tg, &tb}) v->assign(std::size_t(n), 0.0);
-            if (cx.a.mean && !cx.a.constant_stats) detail::column_residue(cx, kk, lanes_state, 0, nr, residue.data());
-            lanes_state.set_means(residue.data(), inv_n);
-            detail::column_sums(cx, kk, lanes_state, 0, nr, t1.data(), t2.data(), tg.data(), tb.data());
-            lanes_state.finish(cx, kk, t1.data(), t2.data(), tg.data(), tb.data(), dg, db);
+            double* tr = cx.a.mean && !cx.a.constant_stats ? residue.data() : nullptr;
+            detail::column_sums(cx, kk, lanes_state, 0, nr, t1.data(), t2.data(), tg.data(), tb.data(), tr);
+            lanes_state.finish(cx, kk, t1.data(), t2.data(), tg.data(), tb.data(), tr, dg, db);
             detail::column_dx(cx, kk, lanes_state, 0, nr);
         };
         // rows whose parameters lie along them (LayerNorm, RMSNorm): blocks of rows share each
