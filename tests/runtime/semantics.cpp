@@ -150,6 +150,10 @@ TEST_CASE("one and two threads agree, on kept-index and split-reduction plans") 
     }
     const auto want = ref::norm(describe<batch_norm>(), {"N", "H", "W", "C"}, xt::cast<double>(nhwc), {}, {}, 0, 1e-5);
     CHECK(th::rel_err(forward(batch_norm{}, named<N, H, W, C>(nhwc), threads(2)).y, want.y) < 2e-6);
+    // GroupNorm on channels-last data with batch 1: the threads split the rows of the one sample
+    xt::xtensor<float, 4> one = xt::cast<float>(th::randn({1, 48, 48, 40}, 2.0));
+    const auto want_gn = ref::norm(describe<group_norm<4>>(), {"N", "H", "W", "C"}, xt::cast<double>(one), {}, {}, 4, 1e-5);
+    for (int t : {1, 2}) CHECK(th::rel_err(forward(group_norm<4>{}, named<N, H, W, C>(one), threads(t)).y, want_gn.y) < 2e-6);
 }
 
 TEST_CASE("work is split by the team OpenMP actually gives, not by the threads asked for") {

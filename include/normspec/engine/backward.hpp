@@ -42,6 +42,7 @@ struct backward_context {
     double inv_n;
     index_t group = 1;  // lanes per statistic: 1, or C/G for GroupNorm's channels-last grouped columns
     index_t gstat = 0;  // with group > 1, the statistic step from one group of lanes to the next
+    bool stream = false;  // streaming stores for dx (x, dy and dx exceed the last-level cache)
 };
 
 /// Per kept index of a columns plan: what each lane normalized with, and its coefficients.
@@ -219,13 +220,35 @@ void column_sums(const backward_context<T>& cx, const offsets& kk, const column_
     });
 }
 
-/// dx for rows [r0, r1), row by row (memory read and written in order)
+/// dx for rows [r0, r1), row by row (memory read and written in order); rows that are contiguous
+/// in x, dy and dx (BatchNorm on NHWC) as one flat run, with streaming stores when asked for
 template <class T>
 void column_dx(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln, index_t r0, index_t r1) {
     using V = simd::vec<T>;
     const index_t n = cx.inner.extent;
     const T* g = cx.a.gamma ? cx.a.gamma + kk.param : nullptr;
     const index_t sp = cx.inner.sparam;
+    if (cx.R.size() == 1 && cx.R[0].sx == n && cx.R[0].sy == n && cx.R[0].sdy == n) {
+        const T* X = cx.a.x.data + kk.x;
+        const T* DY = cx.a.dy.data + kk.dy;
+        std::vector<T> ones;
+        if (!g || sp == 0) ones.assign(std::size_t(n), g ? g[0] : T(1));
+        const auto mh = simd::wrapped(ln.mhi.data(), n), ml = simd::wrapped(ln.mlo.data(), n), rs = simd::wrapped(ln.rs.data(), n),
+                   c1 = simd::wrapped(ln.c1.data(), n), c2 = simd::wrapped(ln.c2.data(), n),
+                   gw = simd::wrapped(ones.empty() ? g : ones.data(), n);
+        auto f = [&](auto load, index_t j) {
+            auto at = [&](const std::vector<T>& v) { return V::load_unaligned(&v[std::size_t(j)]); };
+            const V r = at(rs), xh = ((load(X) - at(mh)) - at(ml)) * r;
+            return xsimd::fnma(xh, at(c2), load(DY) * at(gw) - at(c1)) * r;
+        };
+        if (cx.stream) {
+            simd::for_each_flat<true>(cx.a.dx.data + kk.y, r0 * n, r1 * n, n, f);
+            simd::fence();
+        } else {
+            simd::for_each_flat<false>(cx.a.dx.data + kk.y, r0 * n, r1 * n, n, f);
+        }
+        return;
+    }
     for_range(cx.R, r0, r1, [&](const offsets& r) {
         const T* x = cx.a.x.data + kk.x + r.x;
         const T* dy = cx.a.dy.data + kk.dy + r.dy;
@@ -349,7 +372,8 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     const T* DY = a.dy.data;
     T* DX = a.dx.data;
 
-    const detail::backward_context<T> cx{spec, a, inner, R, inv_n, group, gstat};
+    const bool stream = 3.0 * double(total) * sizeof(T) > detail::llc_bytes();
+    const detail::backward_context<T> cx{spec, a, inner, R, inv_n, group, gstat, stream};
 
     // columns with fewer kept indices than threads (BatchNorm on NHWC): the threads split the rows
     // in each phase, and their partial sums are merged between phases

@@ -256,30 +256,6 @@ inline void apply_run_stores(bool stream, const T* x, T* y, index_t n, index_t s
         apply_run<false>(x, y, n, sx, sy, mu, sc, sh, ss, g, bt, sp);
 }
 
-/// Columns whose rows are contiguous (BatchNorm on NHWC): positions [b, e) of one flat run of
-/// rows of c lanes, lane j = position mod c. mu, sc, sh hold c + width values (lane j's at j,
-/// wrapping round), so a vector starting at any lane loads its coefficients in one go, and the
-/// stores stream over the whole range instead of restarting at every short row.
-template <bool Stream, class T>
-inline void apply_flat_columns(const T* x, T* y, index_t b, index_t e, index_t c, const T* mu, const T* sc, const T* sh) {
-    using V = simd::vec<T>;
-    constexpr index_t L = simd::width<T>;
-    index_t i = b, j = b % c;
-    auto scalar = [&] {
-        y[i] = (x[i] - mu[j]) * sc[j] + sh[j];
-        ++i;
-        if (++j == c) j = 0;
-    };
-    if constexpr (Stream)  // a scalar head brings y to vector alignment
-        while (i < e && reinterpret_cast<std::uintptr_t>(y + i) % (L * sizeof(T)) != 0) scalar();
-    for (; i + L <= e; i += L) {
-        simd::store<Stream>(y + i, xsimd::fma(V::load_unaligned(x + i) - V::load_unaligned(mu + j), V::load_unaligned(sc + j),
-                                              V::load_unaligned(sh + j)));
-        for (j += L; j >= c;) j -= c;
-    }
-    while (i < e) scalar();
-}
-
 template <bool Stream, class T>
 void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const T* g, const T* bt, int nt) {
     const loop_dim inner = p.apply.back();
@@ -287,14 +263,15 @@ void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const 
     const index_t no = count_of(outer), n = inner.extent;
     if (outer.size() == 1 && outer[0].reduced && outer[0].sx == n && outer[0].sy == n && !inner.reduced && inner.sx == 1 &&
         inner.sy == 1 && inner.sstat == 1 && g == nullptr) {
-        const index_t total = no * n;
-        std::vector<T> mu(std::size_t(n + simd::width<T>)), sc(mu.size()), sh(mu.size());
-        for (std::size_t j = 0; j < mu.size(); ++j)
-            mu[j] = k.mu[j % std::size_t(n)], sc[j] = k.sc[j % std::size_t(n)], sh[j] = k.sh[j % std::size_t(n)];
+        // columns whose rows are contiguous (BatchNorm on NHWC): one flat run, lane = position mod n
+        using V = simd::vec<T>;
+        const auto mu = simd::wrapped(k.mu.data(), n), sc = simd::wrapped(k.sc.data(), n), sh = simd::wrapped(k.sh.data(), n);
 #pragma omp parallel num_threads(nt)
         {
-            const auto [b, e] = split(total, thread_id(), team_size());
-            apply_flat_columns<Stream>(x, y, b, e, n, mu.data(), sc.data(), sh.data());
+            const auto [b, e] = split(no * n, thread_id(), team_size());
+            simd::for_each_flat<Stream>(y, b, e, n, [&](auto load, index_t j) {
+                return xsimd::fma(load(x) - V::load_unaligned(&mu[j]), V::load_unaligned(&sc[j]), V::load_unaligned(&sh[j]));
+            });
             if constexpr (Stream) simd::fence();
         }
         return;
@@ -347,6 +324,8 @@ inline bool grouped_columns(const plan& p) {
 /// GroupNorm on channels-last data, per kept index: per-channel column moments over the reduced
 /// rows, each group's channels merged (Chan), then one multiply-add per element with per-channel
 /// coefficients rstd_g * gamma_c. A group's run of C/G channels is too short to vectorize alone.
+/// Threads take kept indices; with fewer kept indices than threads (batch 1) they split the rows
+/// of each, merge their per-channel moments, and split the rows again to normalize.
 template <bool Rms, class T, class Known>
 void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, const T* bt, int nt, bool stream,
                            Known&& known) {
@@ -354,34 +333,72 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
     std::vector<loop_dim> K, R;
     for (std::size_t i = 0; i + 2 < p.fused.size(); ++i) (p.fused[i].reduced ? R : K).push_back(p.fused[i]);
     const index_t nk = count_of(K), nr = count_of(R), cg = member.extent, groups = gd.extent, n = cg * groups;
-#pragma omp parallel num_threads(nt)
-    {
-        const auto [kb, ke] = split(nk, thread_id(), team_size());
-        std::vector<double> mean(n), m2(n);
-        std::vector<T> scratch(3 * simd::width<T> + n), cm(n), csc(n), csh(n);
-        std::vector<const T*> rows;
-        for_range(K, kb, ke, [&](const offsets& kk) {
-            const double count = column_moments<Rms>(R, 0, nr, x + kk.x, n, 1, mean.data(), m2.data(), scratch.data(), rows);
-            for (index_t gi = 0; gi < groups; ++gi) {
-                moments m;
-                for (index_t c = gi * cg; c < (gi + 1) * cg; ++c) m.template merge<Rms>(count, mean[c], m2[c]);
-                const index_t st = kk.stat + gi * gd.sstat;
-                known(st, m, kk.param + gi * gd.sparam);  // with folded parameters they live on kept axes
-                for (index_t j = 0; j < cg; ++j) {
-                    const index_t c = gi * cg + j, pi = kk.param + gi * gd.sparam + j * member.sparam;
-                    const T gamma = g ? g[pi] : T(1);
-                    cm[c] = k.mu[st];
-                    csc[c] = k.sc[st] * gamma;
-                    csh[c] = k.sh[st] * gamma + (bt ? bt[pi] : T(0));
-                }
+    // per-channel coefficients of kept index kk from its channels' moments
+    auto coefficients_of = [&](const offsets& kk, double count, const double* mean, const double* m2, T* cm, T* csc, T* csh) {
+        for (index_t gi = 0; gi < groups; ++gi) {
+            moments m;
+            for (index_t c = gi * cg; c < (gi + 1) * cg; ++c) m.template merge<Rms>(count, mean[c], m2[c]);
+            const index_t st = kk.stat + gi * gd.sstat;
+            known(st, m, kk.param + gi * gd.sparam);  // with folded parameters they live on kept axes
+            for (index_t j = 0; j < cg; ++j) {
+                const index_t c = gi * cg + j, pi = kk.param + gi * gd.sparam + j * member.sparam;
+                const T gamma = g ? g[pi] : T(1);
+                cm[c] = k.mu[st];
+                csc[c] = k.sc[st] * gamma;
+                csh[c] = k.sh[st] * gamma + (bt ? bt[pi] : T(0));
             }
-            for_range(R, 0, nr, [&](const offsets& r) {
-                apply_run_stores<T>(stream, x + kk.x + r.x, y + kk.y + r.y, n, 1, 1, cm.data(), csc.data(), csh.data(), 1, nullptr,
-                                    nullptr, 0);
-            });
+        }
+    };
+    // rows [r0, r1) of kept index kk, y = (x - cm_c) * csc_c + csh_c
+    auto normalize_rows = [&](const offsets& kk, index_t r0, index_t r1, const T* cm, const T* csc, const T* csh) {
+        for_range(R, r0, r1, [&](const offsets& r) {
+            apply_run_stores<T>(stream, x + kk.x + r.x, y + kk.y + r.y, n, 1, 1, cm, csc, csh, 1, nullptr, nullptr, 0);
         });
-        if (stream) simd::fence();
+    };
+    if (nk >= nt || nt == 1) {
+#pragma omp parallel num_threads(nt)
+        {
+            const auto [kb, ke] = split(nk, thread_id(), team_size());
+            std::vector<double> mean(n), m2(n);
+            std::vector<T> scratch(3 * simd::width<T> + n), cm(n), csc(n), csh(n);
+            std::vector<const T*> rows;
+            for_range(K, kb, ke, [&](const offsets& kk) {
+                const double count = column_moments<Rms>(R, 0, nr, x + kk.x, n, 1, mean.data(), m2.data(), scratch.data(), rows);
+                coefficients_of(kk, count, mean.data(), m2.data(), cm.data(), csc.data(), csh.data());
+                normalize_rows(kk, 0, nr, cm.data(), csc.data(), csh.data());
+            });
+            if (stream) simd::fence();
+        }
+        return;
     }
+    std::vector<double> mean(static_cast<std::size_t>(nt * n)), m2(mean.size()), count(static_cast<std::size_t>(nt));
+    std::vector<double> cmean(static_cast<std::size_t>(n)), cm2(cmean.size());
+    std::vector<T> cm(n), csc(n), csh(n);
+    for_range(K, 0, nk, [&](const offsets& kk) {
+        std::fill(count.begin(), count.end(), 0.0);  // parts of absent threads stay empty
+#pragma omp parallel num_threads(nt)
+        {
+            const int t = thread_id();
+            const auto [r0, r1] = split(nr, t, team_size());
+            std::vector<T> scratch(3 * simd::width<T> + n);
+            std::vector<const T*> rows;
+            count[std::size_t(t)] = column_moments<Rms>(R, r0, r1, x + kk.x, n, 1, &mean[std::size_t(t * n)], &m2[std::size_t(t * n)],
+                                                        scratch.data(), rows);
+        }
+        double total = 0;
+        for (index_t c = 0; c < n; ++c) {
+            moments m;
+            for (int t = 0; t < nt; ++t) m.template merge<Rms>(count[std::size_t(t)], mean[std::size_t(t * n + c)], m2[std::size_t(t * n + c)]);
+            cmean[std::size_t(c)] = m.mean, cm2[std::size_t(c)] = m.m2, total = m.count;
+        }
+        coefficients_of(kk, total, cmean.data(), cm2.data(), cm.data(), csc.data(), csh.data());
+#pragma omp parallel num_threads(nt)
+        {
+            const auto [r0, r1] = split(nr, thread_id(), team_size());
+            normalize_rows(kk, r0, r1, cm.data(), csc.data(), csh.data());
+            if (stream) simd::fence();
+        }
+    });
 }
 
 template <bool Rms, class T, class Known>
@@ -486,12 +503,19 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     decision d;
     d.use_running = use_running;
     d.threads = threads_for(total, requested_threads);
-    d.fused = !use_running && (schedule == 1 || (schedule == 0 && detail::fusable<T>(p, d.threads)));
-    d.grouped_columns = d.fused && detail::grouped_columns(p);
+    // grouped columns read x per kept index, once per sweep, with any slab and any thread count
+    d.grouped_columns = !use_running && schedule != 2 && detail::grouped_columns(p);
+    d.fused = !use_running && (schedule == 1 || d.grouped_columns || (schedule == 0 && detail::fusable<T>(p, d.threads)));
     if (!d.fused && !use_running) {
         index_t nk = 1;
         for (std::size_t i = 0; i + 1 < p.stats.size(); ++i)
             if (!p.stats[i].reduced) nk *= p.stats[i].extent;
+        d.split_reduction = nk < d.threads && d.threads > 1;
+    }
+    if (d.grouped_columns) {  // the kept indices outside the group's two loops
+        index_t nk = 1;
+        for (std::size_t i = 0; i + 2 < p.fused.size(); ++i)
+            if (!p.fused[i].reduced) nk *= p.fused[i].extent;
         d.split_reduction = nk < d.threads && d.threads > 1;
     }
     d.stream = 2.0 * double(total) * sizeof(T) > detail::llc_bytes() && !in_place;
@@ -517,8 +541,8 @@ inline std::string explain(const plan& p, const decision& d) {
         s += "vector loop: " + inner.name + (inner.sx == 1 ? " (contiguous" : " (strided: scalar") +
              std::string(inner.reduced ? ", reduced: one statistic per run)" : ", kept: one statistic per lane)") + "\n";
     if (d.grouped_columns)
-        s += "sweeps: fused per kept index; per-channel column moments over the reduced rows, merged per group, then "
-             "y = x * scale_c + shift_c\n";
+        s += "sweeps: per kept index, per-channel column moments over the reduced rows, merged per group, then "
+             "y = x * scale_c + shift_c (a second read of x, from cache when a kept index's data fits in 1 MiB)\n";
     else if (d.fused)
         s += "sweeps: fused per kept index: statistics, then normalize while its data is in cache (x read once)\n";
     else if (d.use_running)

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 #if defined(__AVX__)
 #include <immintrin.h>
 #endif
@@ -226,6 +227,39 @@ inline void for_each_store(T* y, index_t n, F&& f) {
     }
     for (; i + L <= n; i += L) store<Stream>(y + i, f(full_load<T>{i}));
     if (i < n) store_part<Stream>(y + i, n - i, f(first_load<T>{i, n - i}));
+}
+
+/// The same over positions [b, e) of a flat run of rows of c lanes (lane = position mod c), for
+/// columns whose rows are contiguous: f(load, j) where j is the lane of the vector's first value,
+/// and per-lane arrays hold c + width values (lane k's at k, wrapping round) so that
+/// vec::load_unaligned(coef + j) is the vector's coefficients. The stores stream over the whole
+/// range instead of restarting at every short row.
+template <bool Stream, class T, class F>
+inline void for_each_flat(T* y, index_t b, index_t e, index_t c, F&& f) {
+    constexpr index_t L = width<T>;
+    index_t i = b, j = b % c;
+    auto advance = [&](index_t k) {
+        i += k;
+        for (j += k; j >= c;) j -= c;
+    };
+    if constexpr (Stream) {
+        const auto bytes = reinterpret_cast<std::uintptr_t>(y + i) % (L * sizeof(T));
+        if (bytes % sizeof(T) == 0 && bytes != 0) {
+            const index_t h = std::min<index_t>(e - i, index_t((L * sizeof(T) - bytes) / sizeof(T)));
+            store_part<Stream>(y + i, h, f(first_load<T>{i, h}, j));
+            advance(h);
+        }
+    }
+    for (; i + L <= e; advance(L)) store<Stream>(y + i, f(full_load<T>{i}, j));
+    if (i < e) store_part<Stream>(y + i, e - i, f(first_load<T>{i, e - i}, j));
+}
+
+/// v repeated to c + width values, for for_each_flat
+template <class T>
+inline std::vector<T> wrapped(const T* v, index_t c) {
+    std::vector<T> w(std::size_t(c + width<T>));
+    for (std::size_t k = 0; k < w.size(); ++k) w[k] = v[k % std::size_t(c)];
+    return w;
 }
 
 /// Orders streaming stores before what follows (a no-op without them).
