@@ -139,8 +139,6 @@ inline void store_at(T* p, index_t i, index_t t, const simd::vec<T>& v) {
 /// each array): block(rows, count) per block.
 template <class Block>
 void column_blocks(const std::vector<loop_dim>& R, index_t r0, index_t r1, index_t n, Block&& block) {
-    // the lane loops below walk down the rows a vector of lanes at a time; asking for the block's
-    // lines in row order first keeps memory streaming (see column_prefetch)
     constexpr index_t most = 64;
     const index_t per = std::max<index_t>(1, std::min<index_t>(most, 16384 / std::max<index_t>(n, 1)));
     offsets rows[most];
@@ -150,15 +148,6 @@ void column_blocks(const std::vector<loop_dim>& R, index_t r0, index_t r1, index
         if (count == per) block(rows, count), count = 0;
     });
     if (count) block(rows, count);
-}
-
-/// Asks for the lines of n values at base + rows[i].x (or .dy), row by row, ahead of the lane
-/// loops that read the block a vector of lanes at a time.
-template <class T>
-inline void column_prefetch(const T* base, const offsets* rows, index_t count, index_t n, bool dy) {
-    const index_t line = 64 / index_t(sizeof(T));
-    for (index_t i = 0; i < count; ++i)
-        for (index_t j = 0; j < n; j += line) __builtin_prefetch(base + (dy ? rows[i].dy : rows[i].x) + j, 0, 3);
 }
 
 /// f.template operator()<Tail>(j, t) for every vector of lanes [j, j + t) of n lanes: whole
@@ -179,45 +168,73 @@ inline void add_lanes(double* out, index_t t, const simd::vec<T>& v) {
     for (index_t l = 0; l < t; ++l) out[l] += double(buf[l]);
 }
 
-/// sums over rows [r0, r1) per lane: gy, gy * xhat, dy * xhat, dy and (tr not nullptr) x - mean,
-/// with the saved mean (column_lanes::finish corrects them to the exact one). Per block, each
-/// vector of lanes accumulates down the rows in registers, two rows at a time, then adds in double.
+/// NV vectors of lanes from lane j (the last Tail: only t of its lanes) down rows[0, count): the
+/// sums of dy, of dy * (x - mh) and of x - mh, in registers, added to sd, sq, sr in double.
+template <int NV, bool Tail, class T>
+inline void lane_group_sums(const T* X, const T* DY, const offsets* rows, index_t count, const T* mh, index_t j, index_t t,
+                            double* sd, double* sq, double* sr) {
+    using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
+    V m[NV], ad[NV], aq[NV], ar[NV];
+    for (int v = 0; v < NV; ++v) {
+        m[v] = load_at<Tail>(mh, j + v * L, t);
+        ad[v] = aq[v] = ar[v] = V(T(0));
+    }
+    for (index_t i = 0; i < count; ++i) {
+        const T* x = X + rows[i].x + j;
+        const T* dy = DY + rows[i].dy + j;
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+            const V d = load_at<Tail>(dy, v * L, t), xc = load_at<Tail>(x, v * L, t) - m[v];
+            ad[v] += d;
+            aq[v] = xsimd::fma(d, xc, aq[v]);
+            ar[v] += xc;
+        }
+    }
+    for (int v = 0; v < NV; ++v) {
+        const index_t lanes = Tail ? t : L;
+        add_lanes<T>(sd + j + v * L, lanes, ad[v]);
+        add_lanes<T>(sq + j + v * L, lanes, aq[v]);
+        add_lanes<T>(sr + j + v * L, lanes, ar[v]);
+    }
+}
+
+/// Sums over rows [r0, r1) per lane, with the saved mean (column_lanes::finish corrects them to
+/// the exact one): t1 = sum gy, t2 = sum gy * xhat, tg = sum dy * xhat, tb = sum dy and (tr not
+/// nullptr) the residue sum x - mean. gamma is constant down a lane, so only sum dy, sum
+/// dy * (x - mean) and sum (x - mean) are taken per element; per block of rows, four vectors of
+/// lanes at a time walk down the rows (for 64 channels: the rows in order) with the sums in
+/// registers.
 template <class T>
 void column_sums(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln, index_t r0, index_t r1, double* t1,
                  double* t2, double* tg, double* tb, double* tr) {
-    using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
     const index_t n = cx.inner.extent;
     const T* g = cx.a.gamma ? cx.a.gamma + kk.param : nullptr;  // along the lanes, step inner.sparam (0 or 1)
     const index_t sp = cx.inner.sparam;
     const T* X = cx.a.x.data + kk.x;
     const T* DY = cx.a.dy.data + kk.dy;
+    std::vector<double> sd(std::size_t(n), 0.0), sq(sd), sr(sd);
+    const T* mh = ln.mhi.data();  // with the saved mean, which T holds exactly, mlo is 0
     column_blocks(cx.R, r0, r1, n, [&](const offsets* rows, index_t count) {
-        column_prefetch(X, rows, count, n, false);
-        column_prefetch(DY, rows, count, n, true);
-        for_lane_vectors<T>(n, [&]<bool Tail>(index_t j, index_t t) {
-            const V mh = load_at<Tail>(ln.mhi.data(), j, t), ml = load_at<Tail>(ln.mlo.data(), j, t),
-                    rs = load_at<Tail>(ln.rs.data(), j, t);
-            const V gv = !g ? V(T(1)) : sp == 1 ? load_at<Tail>(g, j, t) : V(g[0]);
-            V a1[2] = {V(T(0)), V(T(0))}, a2[2] = {a1[0], a1[0]}, ag[2] = {a1[0], a1[0]}, ab[2] = {a1[0], a1[0]};
-            V ar[2] = {a1[0], a1[0]};
-            auto row = [&](int c, const offsets& r) {
-                const V d = load_at<Tail>(DY + r.dy, j, t), xc = (load_at<Tail>(X + r.x, j, t) - mh) - ml, xh = xc * rs, gy = d * gv;
-                if (tr) ar[c] += xc;
-                a1[c] += gy;
-                a2[c] = xsimd::fma(gy, xh, a2[c]);
-                ag[c] = xsimd::fma(d, xh, ag[c]);
-                ab[c] += d;
-            };
-            index_t i = 0;
-            for (; i + 2 <= count; i += 2) row(0, rows[i]), row(1, rows[i + 1]);
-            if (i < count) row(0, rows[i]);
-            add_lanes<T>(t1 + j, t, a1[0] + a1[1]);
-            add_lanes<T>(t2 + j, t, a2[0] + a2[1]);
-            add_lanes<T>(tg + j, t, ag[0] + ag[1]);
-            add_lanes<T>(tb + j, t, ab[0] + ab[1]);
-            if (tr) add_lanes<T>(tr + j, t, ar[0] + ar[1]);
-        });
+        index_t j = 0;
+        for (; j + 4 * L <= n; j += 4 * L) lane_group_sums<4, false>(X, DY, rows, count, mh, j, L, sd.data(), sq.data(), sr.data());
+        switch ((n - j) / L) {
+            case 3: lane_group_sums<3, false>(X, DY, rows, count, mh, j, L, sd.data(), sq.data(), sr.data()); break;
+            case 2: lane_group_sums<2, false>(X, DY, rows, count, mh, j, L, sd.data(), sq.data(), sr.data()); break;
+            case 1: lane_group_sums<1, false>(X, DY, rows, count, mh, j, L, sd.data(), sq.data(), sr.data()); break;
+        }
+        j += (n - j) / L * L;
+        if (j < n) lane_group_sums<1, true>(X, DY, rows, count, mh, j, n - j, sd.data(), sq.data(), sr.data());
     });
+    for (index_t j = 0; j < n; ++j) {
+        const double gj = !g ? 1.0 : double(g[j * sp]), rsj = double(ln.rs[std::size_t(j)]), q = sq[std::size_t(j)] * rsj;
+        t1[j] += gj * sd[std::size_t(j)];
+        t2[j] += gj * q;
+        tg[j] += q;
+        tb[j] += sd[std::size_t(j)];
+        if (tr) tr[j] += sr[std::size_t(j)];
+    }
 }
 
 /// dx for rows [r0, r1), row by row (memory read and written in order); rows that are contiguous
