@@ -280,6 +280,34 @@ void column_dx(const backward_context<T>& cx, const offsets& kk, const column_la
     });
 }
 
+/// One run's sums against a mean mt: d = sum dy, q = sum dy * (x - mt), r = sum (x - mt); param
+/// is the run's parameter index.
+struct run_sums {
+    double d = 0, q = 0, r = 0;
+    index_t param = 0;
+};
+
+template <class T>
+inline run_sums sums_of_run(const T* x, const T* dy, index_t n, T mt) {
+    using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
+    const V m(mt);
+    V ad[2] = {V(T(0)), V(T(0))}, aq[2] = {ad[0], ad[0]}, ar[2] = {ad[0], ad[0]};
+    auto step = [&]<bool Tail>(int c, index_t i, index_t t) {
+        const V d = load_at<Tail>(dy, i, t);
+        V xc = load_at<Tail>(x, i, t) - m;
+        if constexpr (Tail) xc = xsimd::select(simd::lanes_below<T>(t), xc, V(T(0)));  // lanes past the run
+        ad[c] += d;
+        aq[c] = xsimd::fma(d, xc, aq[c]);
+        ar[c] += xc;
+    };
+    index_t i = 0;
+    for (; i + 2 * L <= n; i += 2 * L) step.template operator()<false>(0, i, L), step.template operator()<false>(1, i + L, L);
+    if (i + L <= n) step.template operator()<false>(0, i, L), i += L;
+    if (i < n) step.template operator()<true>(1, i, n - i);
+    return {double(xsimd::hadd(ad[0] + ad[1])), double(xsimd::hadd(aq[0] + aq[1])), double(xsimd::hadd(ar[0] + ar[1])), 0};
+}
+
 /// What one row normalized with (mean as a pair hi + lo, rstd) and its dx coefficients.
 template <class T>
 struct row_coefficients {
@@ -454,10 +482,35 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             pending = 0;
         };
         // rows: one statistic per kept index, a run per reduced index
+        std::vector<detail::run_sums> runs;
         auto rows_kernel = [&](const offsets& kk) {
             double m = a.mean ? double(a.mean[kk.stat]) : 0.0;
             const double rstd = double(a.rstd[kk.stat]);
-            if (a.mean && !a.constant_stats) {  // the exact mean, from x and the rounded saved one
+            const bool exact_mean = a.mean && !a.constant_stats;
+            double sgy = 0, sgyx = 0;
+            if (inner.sparam == 0) {
+                // gamma constant along each run (planes: BatchNorm, InstanceNorm, GroupNorm on NCHW):
+                // one sweep takes, per run, sum dy, sum dy * (x - saved mean) and sum (x - saved mean);
+                // the exact mean's shift delta then corrects them (sum dy * xhat = rstd * (q - delta * sum dy))
+                const T mt = T(m);
+                runs.clear();
+                double residue = 0;
+                for_range(R, 0, nr, [&](const offsets& r) {
+                    detail::run_sums rs_ = detail::sums_of_run(X + kk.x + r.x, DY + kk.dy + r.dy, n, mt);
+                    rs_.param = kk.param + r.param;
+                    residue += rs_.r;
+                    runs.push_back(rs_);
+                });
+                const double delta = exact_mean ? residue * inv_n : 0.0;
+                m = double(mt) + delta;
+                for (const auto& run : runs) {
+                    const double q = rstd * (run.q - delta * run.d), gv = a.gamma ? double(a.gamma[run.param]) : 1.0;
+                    sgy += gv * run.d;
+                    sgyx += gv * q;
+                    if (dg) dg[run.param] += q;
+                    if (db) db[run.param] += run.d;
+                }
+            } else if (exact_mean) {  // the exact mean, from x and the rounded saved one
                 const T mt = T(m);
                 double residue = 0;
                 for_range(R, 0, nr, [&](const offsets& r) {
@@ -470,28 +523,13 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             const V vmhi(mhi), vmlo(mlo), vrs(rs);
             auto xhat = [&](const T* x, index_t i) { return ((V::load_unaligned(x + i) - vmhi) - vmlo) * vrs; };
             auto xhat1 = [&](const T* x, index_t i) { return ((x[i] - mhi) - mlo) * rs; };
-            double sgy = 0, sgyx = 0;
-            for_range(R, 0, nr, [&](const offsets& r) {
-                const T* x = X + kk.x + r.x;
-                const T* dy = DY + kk.dy + r.dy;
-                const index_t pb = kk.param + r.param;
-                if (inner.sparam == 0) {  // gamma constant along the run
-                    V a0(T(0)), a1(T(0)), b0(T(0)), b1(T(0));
-                    index_t i = 0;
-                    for (; i + 2 * L <= n; i += 2 * L) {
-                        const V d0 = V::load_unaligned(dy + i), d1 = V::load_unaligned(dy + i + L);
-                        a0 += d0, a1 += d1;
-                        b0 = xsimd::fma(d0, xhat(x, i), b0);
-                        b1 = xsimd::fma(d1, xhat(x, i + L), b1);
-                    }
-                    T sdy = xsimd::hadd(a0 + a1), sdx = xsimd::hadd(b0 + b1);
-                    for (; i < n; ++i) sdy += dy[i], sdx += dy[i] * xhat1(x, i);
-                    const double gv = a.gamma ? double(a.gamma[pb]) : 1.0;
-                    sgy += gv * double(sdy);
-                    sgyx += gv * double(sdx);
-                    if (dg) dg[pb] += double(sdx);
-                    if (db) db[pb] += double(sdy);
-                } else {  // gamma along the run (LayerNorm, RMSNorm): dgamma and dbeta per element
+            // gamma along the run (a norm with parameters on reduced axes besides the innermost):
+            // dgamma and dbeta per element
+            if (inner.sparam == 1)
+                for_range(R, 0, nr, [&](const offsets& r) {
+                    const T* x = X + kk.x + r.x;
+                    const T* dy = DY + kk.dy + r.dy;
+                    const index_t pb = kk.param + r.param;
                     V a0(T(0)), b0(T(0));
                     const T* g = a.gamma ? a.gamma + pb : nullptr;
                     T* pg = dgT.empty() ? nullptr : dgT.data() + pb;  // empty: no parameter gradient wanted
@@ -516,8 +554,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
                     sgy += double(s1);
                     sgyx += double(s2);
                     if (++pending == 64) flush_params();
-                }
-            });
+                });
             const T c1 = spec.rms || a.constant_stats ? T(0) : T(sgy * inv_n);
             const T c2 = a.constant_stats ? T(0) : T(sgyx * inv_n);
             const V vc1(c1), vc2(c2);
