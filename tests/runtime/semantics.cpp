@@ -203,3 +203,16 @@ TEST_CASE("the large-offset input keeps its variance in float32") {
     xt::xtensor<float, 4> img_nhwc = xt::transpose(img, {0, 2, 3, 1});
     CHECK(th::rel_err(forward(batch_norm{}, named<N, H, W, C>(img_nhwc)).rstd, want_bn.rstd) < 1e-6);
 }
+
+TEST_CASE("statistics stay exact when a chunk's first values are far from its mean (sorted data, outliers first)") {
+    // the one-pass sums about the first vector's mean are only accepted when the mean is within
+    // one standard deviation of it; these rows take the second pass
+    xt::xtensor<float, 3> x = xt::cast<float>(th::randn({1, 4, 3001}, 1e4, 1.0));
+    for (std::size_t i = 0; i < 3001; ++i) x(0, 0, i) = 1e4f + 0.01f * float(i);  // sorted ramp
+    for (std::size_t i = 0; i < 40; ++i) x(0, 1, i) += 50.0f;                     // outliers first
+    for (std::size_t i = 0; i < 3001; ++i) x(0, 2, i) = 1e4f + float(i % 7);     // periodic, offset
+    const auto want = ref::norm(describe<layer_norm>(), {"B", "T", "D"}, xt::cast<double>(x), {}, {}, 0, 1e-5);
+    auto r = forward(layer_norm{}, named<B, T, D>(x));
+    CHECK(th::rel_err(r.rstd, want.rstd) < 1e-6);
+    CHECK(th::rel_err(r.y, want.y) < 2e-6);
+}

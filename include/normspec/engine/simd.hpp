@@ -138,6 +138,36 @@ inline T squares(const T* p, index_t n) {
     return fold4(p, n, [](auto acc, auto x) { return xsimd::fma(x, x, acc); });
 }
 
+/// sum of (p[i] - k) and of (p[i] - k)^2 over [0, n), in one pass with four chains of each
+template <class T>
+inline void shifted_sums(const T* p, index_t n, T k, T& lin, T& sq) {
+    using V = vec<T>;
+    constexpr index_t L = width<T>;
+    const V kv(k);
+    V r[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))}, q[4] = {r[0], r[0], r[0], r[0]};
+    index_t i = 0;
+    for (; i + 4 * L <= n; i += 4 * L) {
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+            const V d = V::load_unaligned(p + i + c * L) - kv;
+            r[c] += d;
+            q[c] = xsimd::fma(d, d, q[c]);
+        }
+    }
+    for (int c = 0; i + L <= n; i += L, ++c) {
+        const V d = V::load_unaligned(p + i) - kv;
+        r[c] += d;
+        q[c] = xsimd::fma(d, d, q[c]);
+    }
+    if (i < n) {
+        const V d = xsimd::select(lanes_below<T>(n - i), load_first(p + i, n - i) - kv, V(T(0)));
+        r[3] += d;
+        q[3] = xsimd::fma(d, d, q[3]);
+    }
+    lin = xsimd::hadd((r[0] + r[1]) + (r[2] + r[3]));
+    sq = xsimd::hadd((q[0] + q[1]) + (q[2] + q[3]));
+}
+
 /// sum of (p[i] - m)^2 and of (p[i] - m) over [0, n), with four chains of each
 template <class T>
 inline void deviations(const T* p, index_t n, T m, T& sq, T& lin) {
