@@ -185,6 +185,42 @@ TEST_CASE("work is split by the team OpenMP actually gives, not by the threads a
     CHECK(team_seen >= 1);
 }
 
+TEST_CASE("each thread of someone else's parallel region can run its own one-thread call") {
+    // a one-thread call runs without a parallel region of its own; its split must still be
+    // "all of it", not the outer team's share for this thread. Outputs start at 1e30, so an
+    // element left undone cannot pass for a done one.
+    xt::xtensor<float, 4> x = xt::cast<float>(th::randn({4, 16, 32, 32}, 2.0));
+    xt::xtensor<float, 4> nhwc = xt::transpose(x, {0, 2, 3, 1});
+    xt::xtensor<float, 3> seq = xt::reshape_view(x, {64, 32, 32});
+    const xt::xtensor<float, 4> want = forward(batch_norm{}, named<N, C, H, W>(x)).y;
+    const xt::xtensor<float, 4> want_gn = forward(group_norm<4>{}, named<N, H, W, C>(nhwc)).y;
+    const xt::xtensor<float, 3> want_ln = forward(layer_norm{}, named<B, T, D>(seq)).y;
+    const xt::xtensor<float, 4> want_dx =
+        backward(batch_norm{}, named<N, H, W, C>(nhwc), nhwc, forward(batch_norm{}, named<N, H, W, C>(nhwc))).dx;
+    int bad = 0;
+#pragma omp parallel num_threads(2) reduction(+ : bad)
+    {
+        auto off = [](const auto& w, const auto& got) {
+            double e = 0;
+            for (std::size_t i = 0; i < w.size(); ++i) e = std::max(e, std::abs(double(w.data()[i]) - double(got.data()[i])));
+            return e > 1e-5;
+        };
+        xt::xtensor<float, 4> y = xt::full_like(x, 1e30f), yg = xt::full_like(nhwc, 1e30f), dx = xt::full_like(nhwc, 1e30f);
+        xt::xtensor<float, 3> yl = xt::full_like(seq, 1e30f);
+        for (auto sched : {schedule::fused, schedule::two_sweeps}) {
+            forward(batch_norm{}, named<N, C, H, W>(x), threads(1), sched, out(y));
+            forward(group_norm<4>{}, named<N, H, W, C>(nhwc), threads(1), sched, out(yg));
+            forward(layer_norm{}, named<B, T, D>(seq), threads(1), sched, out(yl));
+            bad += off(want, y) + off(want_gn, yg) + off(want_ln, yl);
+            y.fill(1e30f), yg.fill(1e30f), yl.fill(1e30f);
+        }
+        auto r = forward(batch_norm{}, named<N, H, W, C>(nhwc), threads(1));
+        backward(batch_norm{}, named<N, H, W, C>(nhwc), nhwc, r, threads(1), out(dx));
+        bad += off(want_dx, dx);
+    }
+    CHECK(bad == 0);
+}
+
 TEST_CASE("the large-offset input keeps its variance in float32") {
     // float32 1e4 + N(0,1): the naive E[x^2] - E[x]^2 in float loses the variance entirely
     xt::xtensor<float, 3> x = xt::cast<float>(th::randn({2, 3, 4099}, 1e4, 1.0));

@@ -439,21 +439,19 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             ln.init(cx, kk);
             std::fill(parts.begin(), parts.end(), 0.0);
             const bool exact_mean = a.mean && !a.constant_stats;
-#pragma omp parallel num_threads(wanted)
-            {
+            team(wanted, [&] {
                 const int t = thread_id();
                 const auto [r0, r1] = split(nr, t, team_size());
                 detail::column_sums(cx, kk, ln, r0, r1, part(t, 0), part(t, 1), part(t, 2), part(t, 3), exact_mean ? part(t, 4) : nullptr);
-            }
+            });
             merge(5);
             auto m = [&](int w) { return &merged[std::size_t(w) * std::size_t(n)]; };
             ln.finish(cx, kk, m(0), m(1), m(2), m(3), exact_mean ? m(4) : nullptr, pc ? dg_all.data() : nullptr,
                       pc ? db_all.data() : nullptr);
-#pragma omp parallel num_threads(wanted)
-            {
+            team(wanted, [&] {
                 const auto [r0, r1] = split(nr, thread_id(), team_size());
                 detail::column_dx(cx, kk, ln, r0, r1);
-            }
+            });
         });
         for (std::size_t i = 0; i < pc; ++i) {
             if (a.dgamma) a.dgamma[i] = T(dg_all[i]);
@@ -462,8 +460,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         return;
     }
 
-#pragma omp parallel num_threads(nt)
-    {
+    team(nt, [&] {
         const int t = thread_id(), team = team_size();
         double* dg = pc ? &dg_parts[std::size_t(t) * pc] : nullptr;
         double* db = pc ? &db_parts[std::size_t(t) * pc] : nullptr;
@@ -702,7 +699,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         });
         if (nb) flush_rows();
         if (pending) flush_params();
-    }
+    });
     for (std::size_t i = 0; i < pc; ++i) {
         double g = 0, bsum = 0;
         for (int t = 0; t < nt; ++t) g += dg_parts[std::size_t(t) * pc + i], bsum += db_parts[std::size_t(t) * pc + i];

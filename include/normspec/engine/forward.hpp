@@ -36,9 +36,14 @@ inline int max_threads() {
     return 1;
 #endif
 }
+namespace detail {
+inline thread_local bool solo = false;  // running a team of one without a parallel region
+}
+
 /// The size of the team actually running: OpenMP may give fewer threads than asked for (dynamic
 /// adjustment, nesting, thread limits), so work is always split by this, never by the request.
 inline int team_size() {
+    if (detail::solo) return 1;
 #ifdef _OPENMP
     return omp_get_num_threads();
 #else
@@ -46,11 +51,34 @@ inline int team_size() {
 #endif
 }
 inline int thread_id() {
+    if (detail::solo) return 0;
 #ifdef _OPENMP
     return omp_get_thread_num();
 #else
     return 0;
 #endif
+}
+
+/// Runs body on a team of nt threads (OpenMP), or directly on this thread when nt is 1: a
+/// parallel region of one thread still costs a microsecond or so, a small call's whole budget.
+/// Inside body, thread_id() and team_size() describe the team, also when it is this thread
+/// alone inside someone else's parallel region.
+template <class Body>
+inline void team(int nt, Body&& body) {
+    const bool was = detail::solo;
+    if (nt <= 1) {
+        detail::solo = true;
+        body();
+        detail::solo = was;
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        const bool outer = detail::solo;
+        detail::solo = false;
+        body();
+        detail::solo = outer;
+    }
 }
 
 /// Below this many elements a second thread costs more than it saves.
@@ -132,22 +160,20 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
     };
 
     if (nk >= nt || nt == 1) {
-#pragma omp parallel num_threads(nt)
-        {
+        team(nt, [&] {
             const auto [b, e] = split(nk, thread_id(), team_size());
             for_range(K, b, e, [&](const offsets& k) {
                 std::vector<moments> acc(per_k);
                 partial(k, 0, nr, 0, n, acc.data());
                 for (index_t j = 0; j < per_k; ++j) out[k.stat + j * inner.sstat] = acc[j];
             });
-        }
+        });
         return out;
     }
     // Fewer kept indices than threads: split the reduction, then merge the partial moments.
     const bool split_rows = nr >= nt || !inner.reduced;
     std::vector<moments> parts(static_cast<std::size_t>(nt * nk * per_k));
-#pragma omp parallel num_threads(nt)
-    {
+    team(nt, [&] {
         const int t = thread_id(), team = team_size();  // parts of absent threads stay empty
         index_t ki = 0;
         for_range(K, 0, nk, [&](const offsets& k) {
@@ -160,7 +186,7 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
                 partial(k, 0, nr, b, e, acc);
             }
         });
-    }
+    });
     index_t ki = 0;
     for_range(K, 0, nk, [&](const offsets& k) {
         for (index_t j = 0; j < per_k; ++j) {
@@ -266,19 +292,17 @@ void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const 
         // columns whose rows are contiguous (BatchNorm on NHWC): one flat run, lane = position mod n
         using V = simd::vec<T>;
         const auto mu = simd::wrapped(k.mu.data(), n), sc = simd::wrapped(k.sc.data(), n), sh = simd::wrapped(k.sh.data(), n);
-#pragma omp parallel num_threads(nt)
-        {
+        team(nt, [&] {
             const auto [b, e] = split(no * n, thread_id(), team_size());
             simd::for_each_flat<Stream>(y, b, e, n, [&](auto load, index_t j) {
                 return xsimd::fma(load(x) - V::load_unaligned(&mu[j]), V::load_unaligned(&sc[j]), V::load_unaligned(&sh[j]));
             });
             if constexpr (Stream) simd::fence();
-        }
+        });
         return;
     }
     const bool split_outer = no >= nt;
-#pragma omp parallel num_threads(nt)
-    {
+    team(nt, [&] {
         const int t = thread_id(), team = team_size();
         const auto [ob, oe] = split_outer ? split(no, t, team) : std::pair<index_t, index_t>{0, no};
         const auto [ib, ie] = split_outer ? std::pair<index_t, index_t>{0, n} : split(n, t, team);
@@ -289,7 +313,7 @@ void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const 
                               bt ? bt + o.param + ib * inner.sparam : nullptr, inner.sparam);
         });
         if constexpr (Stream) simd::fence();
-    }
+    });
 }
 
 /// What one kept index's data spans (its slab) is small enough to stay in cache between its
@@ -356,8 +380,7 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
         });
     };
     if (nk >= nt || nt == 1) {
-#pragma omp parallel num_threads(nt)
-        {
+        team(nt, [&] {
             const auto [kb, ke] = split(nk, thread_id(), team_size());
             std::vector<double> mean(n), m2(n);
             std::vector<T> scratch(3 * simd::width<T> + n), cm(n), csc(n), csh(n);
@@ -368,7 +391,7 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
                 normalize_rows(kk, 0, nr, cm.data(), csc.data(), csh.data());
             });
             if (stream) simd::fence();
-        }
+        });
         return;
     }
     std::vector<double> mean(static_cast<std::size_t>(nt * n)), m2(mean.size()), count(static_cast<std::size_t>(nt));
@@ -376,15 +399,14 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
     std::vector<T> cm(n), csc(n), csh(n);
     for_range(K, 0, nk, [&](const offsets& kk) {
         std::fill(count.begin(), count.end(), 0.0);  // parts of absent threads stay empty
-#pragma omp parallel num_threads(nt)
-        {
+        team(nt, [&] {
             const int t = thread_id();
             const auto [r0, r1] = split(nr, t, team_size());
             std::vector<T> scratch(3 * simd::width<T> + n);
             std::vector<const T*> rows;
             count[std::size_t(t)] = column_moments<Rms>(R, r0, r1, x + kk.x, n, 1, &mean[std::size_t(t * n)], &m2[std::size_t(t * n)],
                                                         scratch.data(), rows);
-        }
+        });
         double total = 0;
         for (index_t c = 0; c < n; ++c) {
             moments m;
@@ -392,12 +414,11 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
             cmean[std::size_t(c)] = m.mean, cm2[std::size_t(c)] = m.m2, total = m.count;
         }
         coefficients_of(kk, total, cmean.data(), cm2.data(), cm.data(), csc.data(), csh.data());
-#pragma omp parallel num_threads(nt)
-        {
+        team(nt, [&] {
             const auto [r0, r1] = split(nr, thread_id(), team_size());
             normalize_rows(kk, r0, r1, cm.data(), csc.data(), csh.data());
             if (stream) simd::fence();
-        }
+        });
     });
 }
 
@@ -412,8 +433,7 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
     const index_t ss = inner.reduced ? 0 : inner.sstat;
     // rows in cache with parameters along them: blocks of rows share each load of gamma and beta
     const bool row_blocks = inner.reduced && R.empty() && inner.sx == 1 && inner.sy == 1 && g && inner.sparam == 1 && !stream;
-#pragma omp parallel num_threads(nt)
-    {
+    team(nt, [&] {
         const auto [kb, ke] = split(nk, thread_id(), team_size());
         std::vector<moments> acc(per_k);
         std::vector<double> mean(n), m2(n);
@@ -464,7 +484,7 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
             });
         });
         if (stream) simd::fence();
-    }
+    });
 }
 
 /// The last-level cache one core sees. sysfs first (what lscpu shows: here 32 MiB), since glibc's
