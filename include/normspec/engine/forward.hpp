@@ -435,9 +435,10 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
     const bool row_blocks = inner.reduced && R.empty() && inner.sx == 1 && inner.sy == 1 && g && inner.sparam == 1 && !stream;
     team(nt, [&] {
         const auto [kb, ke] = split(nk, thread_id(), team_size());
+        // the columns' work space, only when the inner loop is kept
         std::vector<moments> acc(per_k);
-        std::vector<double> mean(n), m2(n);
-        std::vector<T> scratch(3 * simd::width<T> + n);
+        std::vector<double> mean(inner.reduced ? 0 : n), m2(mean.size());
+        std::vector<T> scratch(inner.reduced ? 0 : 3 * simd::width<T> + n);
         std::vector<const T*> rows;
         if (row_blocks) {  // blocks of rows: the statistics of each, then one sweep for all of them
             constexpr int NB = 2;
