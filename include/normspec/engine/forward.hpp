@@ -112,17 +112,17 @@ namespace detail {
 
 /// Per-column moments of rows [r0, r1) of R (row r at base + r.x; n columns at step s), taken in
 /// blocks of rows that stay in L1; mean and m2 are reset first; returns the row count.
-/// scratch holds 3 * width + n values of T; rows is reused storage for the block's row pointers.
+/// rows is reused storage for the block's row pointers.
 template <bool Rms, class T>
 double column_moments(const std::vector<loop_dim>& R, index_t r0, index_t r1, const T* base, index_t n, index_t s,
-                      double* mean, double* m2, T* scratch, std::vector<const T*>& rows) {
+                      double* mean, double* m2, std::vector<const T*>& rows) {
     const index_t block = std::max<index_t>(1, std::min<index_t>(64, 16384 / std::max<index_t>(n, 1)));
     std::fill(mean, mean + n, 0.0);
     std::fill(m2, m2 + n, 0.0);
     double count = 0;
     rows.clear();
     auto flush = [&] {
-        accumulate_block<Rms>(rows.data(), index_t(rows.size()), n, s, count, mean, m2, scratch);
+        accumulate_block<Rms>(rows.data(), index_t(rows.size()), n, s, count, mean, m2);
         rows.clear();
     };
     for_range(R, r0, r1, [&](const offsets& r) {
@@ -153,9 +153,8 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
             return;
         }
         std::vector<double> mean(n), m2(n);
-        std::vector<T> scratch(3 * simd::width<T> + n);
         std::vector<const T*> rows;
-        const double count = column_moments<Rms>(R, r0, r1, x + k.x, n, inner.sx, mean.data(), m2.data(), scratch.data(), rows);
+        const double count = column_moments<Rms>(R, r0, r1, x + k.x, n, inner.sx, mean.data(), m2.data(), rows);
         for (index_t j = 0; j < n; ++j) acc[j].template merge<Rms>(count, mean[j], m2[j]);
     };
 
@@ -383,10 +382,10 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
         team(nt, [&] {
             const auto [kb, ke] = split(nk, thread_id(), team_size());
             std::vector<double> mean(n), m2(n);
-            std::vector<T> scratch(3 * simd::width<T> + n), cm(n), csc(n), csh(n);
+            std::vector<T> cm(n), csc(n), csh(n);
             std::vector<const T*> rows;
             for_range(K, kb, ke, [&](const offsets& kk) {
-                const double count = column_moments<Rms>(R, 0, nr, x + kk.x, n, 1, mean.data(), m2.data(), scratch.data(), rows);
+                const double count = column_moments<Rms>(R, 0, nr, x + kk.x, n, 1, mean.data(), m2.data(), rows);
                 coefficients_of(kk, count, mean.data(), m2.data(), cm.data(), csc.data(), csh.data());
                 normalize_rows(kk, 0, nr, cm.data(), csc.data(), csh.data());
             });
@@ -402,10 +401,9 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
         team(nt, [&] {
             const int t = thread_id();
             const auto [r0, r1] = split(nr, t, team_size());
-            std::vector<T> scratch(3 * simd::width<T> + n);
             std::vector<const T*> rows;
             count[std::size_t(t)] = column_moments<Rms>(R, r0, r1, x + kk.x, n, 1, &mean[std::size_t(t * n)], &m2[std::size_t(t * n)],
-                                                        scratch.data(), rows);
+                                                        rows);
         });
         double total = 0;
         for (index_t c = 0; c < n; ++c) {
@@ -438,7 +436,6 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
         // the columns' work space, only when the inner loop is kept
         std::vector<moments> acc(per_k);
         std::vector<double> mean(inner.reduced ? 0 : n), m2(mean.size());
-        std::vector<T> scratch(inner.reduced ? 0 : 3 * simd::width<T> + n);
         std::vector<const T*> rows;
         if (row_blocks) {  // blocks of rows: the statistics of each, then one sweep for all of them
             constexpr int NB = 2;
@@ -474,7 +471,7 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
                 for_range(R, 0, nr, [&](const offsets& r) { accumulate_run<Rms>(x + kk.x + r.x, n, inner.sx, acc[0]); });
             } else {
                 const double count =
-                    column_moments<Rms>(R, 0, nr, x + kk.x, n, inner.sx, mean.data(), m2.data(), scratch.data(), rows);
+                    column_moments<Rms>(R, 0, nr, x + kk.x, n, inner.sx, mean.data(), m2.data(), rows);
                 for (index_t j = 0; j < n; ++j) acc[j].template merge<Rms>(count, mean[j], m2[j]);
             }
             for (index_t j = 0; j < per_k; ++j) known(kk.stat + j * ss, acc[j], kk.param + j * inner.sparam);

@@ -100,15 +100,57 @@ inline void accumulate_run(const T* x, index_t n, index_t s, moments& m) {
     }
 }
 
+/// NV vectors of columns from column j (the last one Tail: only t columns) of `rows` rows, two
+/// passes down the rows with everything in registers (the block is in L1 by the second): the
+/// block's column sums, then the squared deviations from the block's column means (and their
+/// sum, the rounding residue); merge(column, block mean, sum of squares, residue) per column.
+/// rms: one pass of squares.
+template <bool Rms, int NV, bool Tail, class T, class Merge>
+inline void column_group(const T* const* row_ptrs, index_t rows, index_t j, index_t t, Merge&& merge) {
+    using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
+    auto load = [&](const T* p, int v) {
+        if constexpr (Tail)
+            return simd::load_first(p + j + v * L, t);
+        else
+            return V::load_unaligned(p + j + v * L);
+    };
+    V m[NV], q[NV], r[NV];
+    for (int v = 0; v < NV; ++v) m[v] = q[v] = r[v] = V(T(0));
+    if constexpr (Rms) {
+        for (index_t i = 0; i < rows; ++i)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) {
+                const V x = load(row_ptrs[i], v);
+                q[v] = xsimd::fma(x, x, q[v]);
+            }
+    } else {
+        for (index_t i = 0; i < rows; ++i)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) m[v] += load(row_ptrs[i], v);
+        for (int v = 0; v < NV; ++v) m[v] = m[v] / V(T(rows));
+        for (index_t i = 0; i < rows; ++i)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) {
+                const V d = load(row_ptrs[i], v) - m[v];
+                q[v] = xsimd::fma(d, d, q[v]);
+                r[v] += d;
+            }
+    }
+    alignas(64) T bm[L], bq[L], br[L];
+    for (int v = 0; v < NV; ++v) {
+        m[v].store_aligned(bm), q[v].store_aligned(bq), r[v].store_aligned(br);
+        for (index_t l = 0; l < (Tail ? t : L); ++l) merge(j + v * L + l, double(bm[l]), double(bq[l]), double(br[l]));
+    }
+}
+
 /// Column moments: `rows` rows of n values (row r at row_ptrs[r], value j at + j*s) merged into
-/// per-column accumulators (count shared, mean[j], m2[j], in double). The block's column sums
-/// are taken row by row (memory read in order); then, for each vector of columns, the squared
-/// deviations from the block mean are accumulated in registers (in T) down the rows, which are in
-/// L1 by then; each lane merges (Chan) in double. Strided rows take the same steps one column at a time. `scratch` holds 3 * width + n values.
+/// per-column accumulators (count shared, mean[j], m2[j], in double). Contiguous rows go four
+/// vectors of columns at a time (column_group), the rest one masked vector; each lane merges
+/// (Chan) in double. Strided rows take the same steps one column at a time.
 template <bool Rms, class T>
 inline void accumulate_block(const T* const* row_ptrs, index_t rows, index_t n, index_t s, double& count, double* mean,
-                             double* m2, T* scratch) {
-    using V = simd::vec<T>;
+                             double* m2) {
     constexpr index_t L = simd::width<T>;
     const double na = count, nb = double(rows), nn = na + nb;
     // merge one column's block moments (sum of squares for rms)
@@ -122,37 +164,20 @@ inline void accumulate_block(const T* const* row_ptrs, index_t rows, index_t n, 
             m2[j] += bm2 + delta * delta * (na * nb / nn);
         }
     };
-    const index_t nv = s == 1 ? n - n % L : 0;  // columns taken a vector at a time
-    if constexpr (!Rms) {
-        // first pass row by row: memory is read in order, the block's column sums stay in L1
-        T* sums = scratch + 3 * L;
-        std::fill(sums, sums + nv, T(0));
-        for (index_t i = 0; i < rows; ++i)
-            for (index_t j = 0; j < nv; j += L)
-                (V::load_unaligned(sums + j) + V::load_unaligned(row_ptrs[i] + j)).store_unaligned(sums + j);
-    }
-    for (index_t j = 0; j < nv; j += L) {
-        V a(T(0)), q(T(0)), r(T(0));
-        if constexpr (Rms) {
-            for (index_t i = 0; i < rows; ++i) {
-                const V x = V::load_unaligned(row_ptrs[i] + j);
-                q = xsimd::fma(x, x, q);
-            }
-        } else {
-            a = V::load_unaligned(scratch + 3 * L + j);  // the block's sums, taken row by row below
-            const V m = a / V(T(rows));
-            for (index_t i = 0; i < rows; ++i) {
-                const V d = V::load_unaligned(row_ptrs[i] + j) - m;
-                q = xsimd::fma(d, d, q);
-                r += d;
-            }
-            m.store_unaligned(scratch);
+    if (s == 1) {
+        index_t j = 0;
+        for (; j + 4 * L <= n; j += 4 * L) column_group<Rms, 4, false>(row_ptrs, rows, j, L, merge);
+        switch ((n - j) / L) {
+            case 3: column_group<Rms, 3, false>(row_ptrs, rows, j, L, merge); break;
+            case 2: column_group<Rms, 2, false>(row_ptrs, rows, j, L, merge); break;
+            case 1: column_group<Rms, 1, false>(row_ptrs, rows, j, L, merge); break;
         }
-        q.store_unaligned(scratch + L);
-        r.store_unaligned(scratch + 2 * L);
-        for (index_t l = 0; l < L; ++l) merge(j + l, double(scratch[l]), double(scratch[L + l]), double(scratch[2 * L + l]));
+        j += (n - j) / L * L;
+        if (j < n) column_group<Rms, 1, true>(row_ptrs, rows, j, n - j, merge);
+        count = nn;
+        return;
     }
-    for (index_t j = nv; j < n; ++j) {
+    for (index_t j = 0; j < n; ++j) {
         T a = 0, q = 0, r = 0;
         if constexpr (Rms) {
             for (index_t i = 0; i < rows; ++i) q += row_ptrs[i][j * s] * row_ptrs[i][j * s];
