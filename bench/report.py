@@ -213,8 +213,9 @@ def write_markdown(path, context, rows, command, cli, cases):
         out.write("- Debian's libbenchmark prints that it was built as DEBUG: that is the harness library itself; the "
                   "timed code is this project's Release build and the peers' packaged libraries.\n")
         out.write("- peers at their best: outputs preallocated where the API allows (normspec, handwritten, xtensor, "
-                  "oneDNN); libtorch's functions allocate their outputs, and glibc's mmap threshold raised (`GLIBC_TUNABLES=glibc.malloc.mmap_max=0`) "
-                  "so the page faults of libtorch's fresh outputs are not counted against it.\n")
+                  "oneDNN); libtorch's functions allocate their outputs, and glibc's mmap threshold raised and its heap never trimmed "
+                  "(`GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776`) so the page faults "
+                  "of libtorch's fresh outputs are not counted against it.\n")
         out.write("- every peer's output was checked against normspec's before it was timed (max difference < 1e-4 of the "
                   "largest |y|).\n\n")
         out.write("## Traffic model and limit\n\n")
