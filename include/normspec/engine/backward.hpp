@@ -6,10 +6,11 @@
 //   running statistics:   dx = rstd * gy                           (evaluation: they are constants)
 //   dgamma[p] = sum of dy * xhat,  dbeta[p] = sum of dy,  over the elements with parameter index p.
 // Per kept index: one sweep takes the two reductions and, in the same pass, dgamma and dbeta into
-// per-thread buffers (merged once at the end); a second sweep writes dx. With batch statistics a
-// first, cheap sweep recovers the exact mean from x and the saved (rounded) one. GroupNorm's gradients are
-// per channel while its statistics are per group: the parameter index comes from the plan's
-// parameter strides, the statistic index from its statistic strides.
+// per-thread buffers (merged once at the end); a second sweep writes dx. With batch statistics
+// the exact mean is recovered from x and the saved (rounded) one: for columns and planes in the
+// reduction sweep itself (its sums are then corrected), for rows in a cheap sweep of its own.
+// GroupNorm's gradients are per channel while its statistics are per group: the parameter index
+// comes from the plan's parameter strides, the statistic index from its statistic strides.
 #ifndef NORMSPEC_ENGINE_BACKWARD_HPP
 #define NORMSPEC_ENGINE_BACKWARD_HPP
 
@@ -85,9 +86,10 @@ struct column_lanes {
             mlo[j] = T(m - double(mhi[j]));
         }
     }
-    /// The dx coefficients from the sums, and dgamma/dbeta per lane. The sums were taken with the saved mean, which is rounded to T; residue[j] (nullptr: none)
-    /// is the sum of x - saved mean over lane j. The exact mean is the saved one plus delta =
-    /// residue / N (summed over the group's lanes), and xhat = xhat' - delta * rstd, so
+    /// The dx coefficients from the sums, and dgamma/dbeta per lane. The sums were taken with the
+    /// saved mean, which is rounded to T; residue[j] (nullptr: none) is the sum of x - saved mean
+    /// over lane j. The exact mean is the saved one plus delta = residue / N (summed over the
+    /// group's lanes), and xhat = xhat' - delta * rstd, so
     /// sum(gy * xhat) = sum(gy * xhat') - delta * rstd * sum(gy), and likewise for dy.
     void finish(const backward_context<T>& cx, const offsets& kk, const double* t1, double* t2, const double* tg_in,
                 const double* tb, const double* residue, double* dg, double* db) {
@@ -119,20 +121,14 @@ struct column_lanes {
     }
 };
 
-/// Loads and stores of a whole vector at p + i, or (Tail) of its first t values only.
-template <bool Tail, class T>
-inline simd::vec<T> load_at(const T* p, index_t i, index_t t) {
-    if constexpr (Tail)
-        return simd::load_first(p + i, t);
-    else
-        return simd::vec<T>::load_unaligned(p + i);
-}
-template <bool Tail, class T>
-inline void store_at(T* p, index_t i, index_t t, const simd::vec<T>& v) {
-    if constexpr (Tail)
-        simd::store_first(p + i, t, v);
-    else
-        v.store_unaligned(p + i);
+using simd::load_at;
+using simd::store_at;
+
+/// The sum of x[i] - m over [0, n), in T (four chains), as double: the residue of a mean m that
+/// was rounded to T, from which the exact mean is m + residue / N.
+template <class T>
+inline double residue_of(const T* x, index_t n, T m) {
+    return double(simd::fold4(x, n, [&](auto acc, auto v) { return acc + (v - decltype(v)(m)); }));
 }
 
 /// Rows [r0, r1) of R in blocks that stay in cache (at most 64 rows and about 16 K values of
@@ -208,7 +204,6 @@ inline void lane_group_sums(const T* X, const T* DY, const offsets* rows, index_
 template <class T>
 void column_sums(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln, index_t r0, index_t r1, double* t1,
                  double* t2, double* tg, double* tb, double* tr) {
-    constexpr index_t L = simd::width<T>;
     const index_t n = cx.inner.extent;
     const T* g = cx.a.gamma ? cx.a.gamma + kk.param : nullptr;  // along the lanes, step inner.sparam (0 or 1)
     const index_t sp = cx.inner.sparam;
@@ -217,15 +212,9 @@ void column_sums(const backward_context<T>& cx, const offsets& kk, const column_
     std::vector<double> sd(std::size_t(n), 0.0), sq(sd), sr(sd);
     const T* mh = ln.mhi.data();  // with the saved mean, which T holds exactly, mlo is 0
     column_blocks(cx.R, r0, r1, n, [&](const offsets* rows, index_t count) {
-        index_t j = 0;
-        for (; j + 4 * L <= n; j += 4 * L) lane_group_sums<4, false>(X, DY, rows, count, mh, j, L, sd.data(), sq.data(), sr.data());
-        switch ((n - j) / L) {
-            case 3: lane_group_sums<3, false>(X, DY, rows, count, mh, j, L, sd.data(), sq.data(), sr.data()); break;
-            case 2: lane_group_sums<2, false>(X, DY, rows, count, mh, j, L, sd.data(), sq.data(), sr.data()); break;
-            case 1: lane_group_sums<1, false>(X, DY, rows, count, mh, j, L, sd.data(), sq.data(), sr.data()); break;
-        }
-        j += (n - j) / L * L;
-        if (j < n) lane_group_sums<1, true>(X, DY, rows, count, mh, j, n - j, sd.data(), sq.data(), sr.data());
+        simd::for_vector_groups<T>(n, [&]<int NV, bool Tail>(index_t j, index_t t) {
+            lane_group_sums<NV, Tail>(X, DY, rows, count, mh, j, t, sd.data(), sq.data(), sr.data());
+        });
     });
     for (index_t j = 0; j < n; ++j) {
         const double gj = !g ? 1.0 : double(g[j * sp]), rsj = double(ln.rs[std::size_t(j)]), q = sq[std::size_t(j)] * rsj;
@@ -395,8 +384,9 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         inner.reduced = false;
         inner.sstat = 0;
     }
-    std::vector<loop_dim> K, R;
-    for (std::size_t i = 0; i + (grouped ? 2 : 1) < fd; ++i) (p.fused[i].reduced ? R : K).push_back(p.fused[i]);
+    const outer_loops outer = outer_of(p.fused, grouped ? 2 : 1);
+    const std::vector<loop_dim>& K = outer.K;
+    const std::vector<loop_dim>& R = outer.R;
     const index_t nk = count_of(K), nr = count_of(R), n = inner.extent;
     const index_t lanes = inner.reduced ? 1 : n;  // statistics per kept index
     const index_t ss = inner.reduced ? 0 : inner.sstat;
@@ -510,10 +500,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             } else if (exact_mean) {  // the exact mean, from x and the rounded saved one
                 const T mt = T(m);
                 double residue = 0;
-                for_range(R, 0, nr, [&](const offsets& r) {
-                    const T* x = X + kk.x + r.x;
-                    residue += double(simd::fold4(x, n, [&](auto acc, auto v) { return acc + (v - decltype(v)(mt)); }));
-                });
+                for_range(R, 0, nr, [&](const offsets& r) { residue += detail::residue_of(X + kk.x + r.x, n, mt); });
                 m = double(mt) + residue * inv_n;
             }
             const T mhi = T(m), mlo = T(m - double(mhi)), rs = T(rstd);
@@ -602,7 +589,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
                 double m = a.mean ? double(a.mean[kk.stat]) : 0.0;
                 if (a.mean && !a.constant_stats) {  // the exact mean, from x and the rounded saved one
                     const T mt = T(m);
-                    m = double(mt) + double(simd::fold4(xs[r], n, [&](auto acc, auto v) { return acc + (v - decltype(v)(mt)); })) * inv_n;
+                    m = double(mt) + detail::residue_of(xs[r], n, mt) * inv_n;
                 }
                 rc[r].mhi = T(m), rc[r].mlo = T(m - double(rc[r].mhi)), rc[r].rs = a.rstd[kk.stat];
             }

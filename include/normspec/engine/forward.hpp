@@ -138,8 +138,9 @@ template <bool Rms, class T>
 std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, int nt) {
     std::vector<moments> out(static_cast<std::size_t>(stat_count));
     const loop_dim inner = p.stats.back();
-    std::vector<loop_dim> K, R;
-    for (std::size_t i = 0; i + 1 < p.stats.size(); ++i) (p.stats[i].reduced ? R : K).push_back(p.stats[i]);
+    const outer_loops outer = outer_of(p.stats, 1);
+    const std::vector<loop_dim>& K = outer.K;
+    const std::vector<loop_dim>& R = outer.R;
     const index_t nk = count_of(K), nr = count_of(R), n = inner.extent;
     const index_t per_k = inner.reduced ? 1 : n;
 
@@ -353,8 +354,9 @@ template <bool Rms, class T, class Known>
 void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, const T* bt, int nt, bool stream,
                            Known&& known) {
     const loop_dim member = p.fused.back(), gd = p.fused[p.fused.size() - 2];
-    std::vector<loop_dim> K, R;
-    for (std::size_t i = 0; i + 2 < p.fused.size(); ++i) (p.fused[i].reduced ? R : K).push_back(p.fused[i]);
+    const outer_loops outer = outer_of(p.fused, 2);
+    const std::vector<loop_dim>& K = outer.K;
+    const std::vector<loop_dim>& R = outer.R;
     const index_t nk = count_of(K), nr = count_of(R), cg = member.extent, groups = gd.extent, n = cg * groups;
     // per-channel coefficients of kept index kk from its channels' moments
     auto coefficients_of = [&](const offsets& kk, double count, const double* mean, const double* m2, T* cm, T* csc, T* csh) {
@@ -424,8 +426,9 @@ template <bool Rms, class T, class Known>
 void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, const T* bt, int nt, bool stream, Known&& known) {
     if (grouped_columns(p)) return fused_grouped_columns<Rms>(p, x, y, k, g, bt, nt, stream, known);
     const loop_dim inner = p.fused.back();
-    std::vector<loop_dim> K, R;
-    for (std::size_t i = 0; i + 1 < p.fused.size(); ++i) (p.fused[i].reduced ? R : K).push_back(p.fused[i]);
+    const outer_loops outer = outer_of(p.fused, 1);
+    const std::vector<loop_dim>& K = outer.K;
+    const std::vector<loop_dim>& R = outer.R;
     const index_t nk = count_of(K), nr = count_of(R), n = inner.extent;
     const index_t per_k = inner.reduced ? 1 : n;
     const index_t ss = inner.reduced ? 0 : inner.sstat;
@@ -445,12 +448,9 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
             int nb = 0;
             const T* g0 = nullptr;
             auto flush = [&] {
-                switch (nb) {
-                    case 4: apply_rows<4>(xs, ys, n, mu, sc, sh, g0, bt ? bt + (g0 - g) : nullptr); break;
-                    case 3: apply_rows<3>(xs, ys, n, mu, sc, sh, g0, bt ? bt + (g0 - g) : nullptr); break;
-                    case 2: apply_rows<2>(xs, ys, n, mu, sc, sh, g0, bt ? bt + (g0 - g) : nullptr); break;
-                    case 1: apply_rows<1>(xs, ys, n, mu, sc, sh, g0, bt ? bt + (g0 - g) : nullptr); break;
-                }
+                static_assert(NB == 2);  // the block sizes a flush can hold
+                if (nb == 2) apply_rows<2>(xs, ys, n, mu, sc, sh, g0, bt ? bt + (g0 - g) : nullptr);
+                if (nb == 1) apply_rows<1>(xs, ys, n, mu, sc, sh, g0, bt ? bt + (g0 - g) : nullptr);
                 nb = 0;
             };
             for_range(K, kb, ke, [&](const offsets& kk) {
@@ -524,18 +524,12 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     // grouped columns read x per kept index, once per sweep, with any slab and any thread count
     d.grouped_columns = !use_running && schedule != 2 && detail::grouped_columns(p);
     d.fused = !use_running && (schedule == 1 || d.grouped_columns || (schedule == 0 && detail::fusable<T>(p, d.threads)));
-    if (!d.fused && !use_running) {
-        index_t nk = 1;
-        for (std::size_t i = 0; i + 1 < p.stats.size(); ++i)
-            if (!p.stats[i].reduced) nk *= p.stats[i].extent;
-        d.split_reduction = nk < d.threads && d.threads > 1;
-    }
-    if (d.grouped_columns) {  // the kept indices outside the group's two loops
-        index_t nk = 1;
-        for (std::size_t i = 0; i + 2 < p.fused.size(); ++i)
-            if (!p.fused[i].reduced) nk *= p.fused[i].extent;
-        d.split_reduction = nk < d.threads && d.threads > 1;
-    }
+    // fewer kept indices than threads: the threads split the reduction (grouped columns: the
+    // kept indices outside the group's two loops)
+    if (d.grouped_columns)
+        d.split_reduction = count_of(outer_of(p.fused, 2).K) < d.threads && d.threads > 1;
+    else if (!d.fused && !use_running)
+        d.split_reduction = count_of(outer_of(p.stats, 1).K) < d.threads && d.threads > 1;
     d.stream = 2.0 * double(total) * sizeof(T) > detail::llc_bytes() && !in_place;
     // Short reduced runs (BatchNorm's 7x7 planes) would start and end every run with plain stores
     // in lines the streaming stores also write: plain stores throughout measured 3.7x faster

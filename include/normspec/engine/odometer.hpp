@@ -20,6 +20,17 @@ inline index_t count_of(const std::vector<loop_dim>& dims) {
     return n;
 }
 
+/// The loops outside the `inner` innermost ones of dims, sorted into kept (K) and reduced (R),
+/// each in loop order.
+struct outer_loops {
+    std::vector<loop_dim> K, R;
+};
+inline outer_loops outer_of(const std::vector<loop_dim>& dims, std::size_t inner) {
+    outer_loops o;
+    for (std::size_t i = 0; i + inner < dims.size(); ++i) (dims[i].reduced ? o.R : o.K).push_back(dims[i]);
+    return o;
+}
+
 /// Calls f(offsets) for flat indices [begin, end) of dims (row-major, last dim fastest).
 template <class F>
 void for_range(const std::vector<loop_dim>& dims, index_t begin, index_t end, F&& f) {

@@ -1,7 +1,8 @@
 // normspec/engine/simd.hpp
 // The vector layer of the kernels: xsimd batches of the widest instruction set the translation
-// unit is compiled for (AVX2 with -march=native here, SSE2 at least on x86-64), sums with four
-// independent accumulator chains, and stores that stream past the cache when asked to.
+// unit is compiled for (with -march=native: AVX-512 on this machine, AVX2 on most; SSE2 at least
+// on x86-64), masked loads and stores for partial vectors, sums with four independent
+// accumulator chains, and stores that stream past the cache when asked to.
 #ifndef NORMSPEC_ENGINE_SIMD_HPP
 #define NORMSPEC_ENGINE_SIMD_HPP
 
@@ -107,6 +108,39 @@ struct first_load {
     vec<T> operator()(const T* p) const { return load_first(p + i, n); }
 };
 
+/// A whole vector at p + i, or (Tail) only its first t values (the rest zero); and the store of one.
+template <bool Tail, class T>
+inline vec<T> load_at(const T* p, index_t i, index_t t) {
+    if constexpr (Tail)
+        return load_first(p + i, t);
+    else
+        return vec<T>::load_unaligned(p + i);
+}
+template <bool Tail, class T>
+inline void store_at(T* p, index_t i, index_t t, const vec<T>& v) {
+    if constexpr (Tail)
+        store_first(p + i, t, v);
+    else
+        v.store_unaligned(p + i);
+}
+
+/// f.template operator()<NV, Tail>(j, t) over n columns, in groups of four vectors from column
+/// j, then one group of the one to three whole vectors left, then one masked vector of the last
+/// t columns (Tail): for kernels that keep NV vectors of sums in registers.
+template <class T, class F>
+inline void for_vector_groups(index_t n, F&& f) {
+    constexpr index_t L = width<T>;
+    index_t j = 0;
+    for (; j + 4 * L <= n; j += 4 * L) f.template operator()<4, false>(j, L);
+    switch ((n - j) / L) {
+        case 3: f.template operator()<3, false>(j, L); break;
+        case 2: f.template operator()<2, false>(j, L); break;
+        case 1: f.template operator()<1, false>(j, L); break;
+    }
+    j += (n - j) / L * L;
+    if (j < n) f.template operator()<1, true>(j, n - j);
+}
+
 /// f folded over p[0..n) with four independent accumulator chains: acc = f(acc, x). The tail is
 /// one masked vector: lanes past n keep their accumulator.
 template <class T, class F>
@@ -168,36 +202,6 @@ inline void shifted_sums(const T* p, index_t n, T k, T& lin, T& sq) {
     sq = xsimd::hadd((q[0] + q[1]) + (q[2] + q[3]));
 }
 
-/// sum of (p[i] - m)^2 and of (p[i] - m) over [0, n), with four chains of each
-template <class T>
-inline void deviations(const T* p, index_t n, T m, T& sq, T& lin) {
-    using V = vec<T>;
-    constexpr index_t L = width<T>;
-    const V mv(m);
-    V q[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))}, r[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))};
-    index_t i = 0;
-    for (; i + 4 * L <= n; i += 4 * L) {
-#pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) {
-            const V d = V::load_unaligned(p + i + c * L) - mv;
-            q[c] = xsimd::fma(d, d, q[c]);
-            r[c] += d;
-        }
-    }
-    for (int c = 0; i + L <= n; i += L, ++c) {
-        const V d = V::load_unaligned(p + i) - mv;
-        q[c] = xsimd::fma(d, d, q[c]);
-        r[c] += d;
-    }
-    if (i < n) {
-        const V d = xsimd::select(lanes_below<T>(n - i), load_first(p + i, n - i) - mv, V(T(0)));
-        q[3] = xsimd::fma(d, d, q[3]);
-        r[3] += d;
-    }
-    sq = xsimd::hadd((q[0] + q[1]) + (q[2] + q[3]));
-    lin = xsimd::hadd((r[0] + r[1]) + (r[2] + r[3]));
-}
-
 /// Stores v at p: a streaming (non-temporal) store when Stream and p is vector-aligned.
 template <bool Stream, class T>
 inline void store(T* p, const vec<T>& v) {
@@ -240,20 +244,27 @@ inline void store_part(T* p, index_t n, const vec<T>& v) {
     }
 }
 
+/// How many values (at most n) to store at y before y is vector-aligned, so that the stores after
+/// them can stream (large allocations are only 16-byte aligned); 0 when y cannot be aligned.
+template <class T>
+inline index_t stream_head(const T* y, index_t n) {
+    constexpr index_t L = width<T>;
+    const auto bytes = reinterpret_cast<std::uintptr_t>(y) % (L * sizeof(T));
+    if (bytes % sizeof(T) != 0 || bytes == 0) return 0;
+    return std::min<index_t>(n, index_t((L * sizeof(T) - bytes) / sizeof(T)));
+}
+
 /// y[i .. i + width) = f(load) for i in [0, n), a vector at a time: `load(p)` reads the vector of
 /// p that lines up with y + i (full_load, or first_load for a partial vector, whose store is
-/// masked too). With Stream, a masked head first brings y to vector alignment (large allocations
-/// are only 16-byte aligned), so the body's stores can stream.
+/// partial too: store_part). With Stream, a head first brings y to vector alignment, so the
+/// body's stores can stream.
 template <bool Stream, class T, class F>
 inline void for_each_store(T* y, index_t n, F&& f) {
     constexpr index_t L = width<T>;
     index_t i = 0;
     if constexpr (Stream) {
-        const auto bytes = reinterpret_cast<std::uintptr_t>(y) % (L * sizeof(T));
-        if (bytes % sizeof(T) == 0 && bytes != 0) {
-            i = std::min<index_t>(n, index_t((L * sizeof(T) - bytes) / sizeof(T)));
-            store_part<Stream>(y, i, f(first_load<T>{0, i}));
-        }
+        i = stream_head(y, n);
+        if (i) store_part<Stream>(y, i, f(first_load<T>{0, i}));
     }
     for (; i + L <= n; i += L) store<Stream>(y + i, f(full_load<T>{i}));
     if (i < n) store_part<Stream>(y + i, n - i, f(first_load<T>{i, n - i}));
@@ -273,9 +284,7 @@ inline void for_each_flat(T* y, index_t b, index_t e, index_t c, F&& f) {
         for (j += k; j >= c;) j -= c;
     };
     if constexpr (Stream) {
-        const auto bytes = reinterpret_cast<std::uintptr_t>(y + i) % (L * sizeof(T));
-        if (bytes % sizeof(T) == 0 && bytes != 0) {
-            const index_t h = std::min<index_t>(e - i, index_t((L * sizeof(T) - bytes) / sizeof(T)));
+        if (const index_t h = stream_head(y + i, e - i)) {
             store_part<Stream>(y + i, h, f(first_load<T>{i, h}, j));
             advance(h);
         }
