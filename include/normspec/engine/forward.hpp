@@ -282,21 +282,64 @@ inline void apply_run_stores(bool stream, const T* x, T* y, index_t n, index_t s
         apply_run<false>(x, y, n, sx, sy, mu, sc, sh, ss, g, bt, sp);
 }
 
+/// Per-lane coefficients repeated past the row's end (simd::wrapped), for flat runs of columns
+template <class T>
+struct wrapped_coefficients {
+    std::vector<T> mu, sc, sh;
+    wrapped_coefficients(const T* m, const T* s, const T* h, index_t n)
+        : mu(simd::wrapped(m, n)), sc(simd::wrapped(s, n)), sh(simd::wrapped(h, n)) {}
+};
+
+/// Rows of R that lie back to back, each a contiguous kept run with a statistic per lane
+/// (BatchNorm, InstanceNorm and GroupNorm on channels-last data): they form one flat run.
+inline bool flat_columns(const std::vector<loop_dim>& R, const loop_dim& inner) {
+    return R.size() == 1 && R[0].reduced && R[0].sx == inner.extent && R[0].sy == inner.extent && !inner.reduced &&
+           inner.sx == 1 && inner.sy == 1 && inner.sstat == 1;
+}
+
+/// Positions [b, e) of such a flat run, y = (x - mu_lane) * sc_lane + sh_lane: the streaming
+/// stores run over the whole range instead of restarting at every short row.
+template <bool Stream, class T>
+inline void apply_flat(const T* x, T* y, index_t b, index_t e, index_t n, const wrapped_coefficients<T>& w) {
+    using V = simd::vec<T>;
+    simd::for_each_flat<Stream>(y, b, e, n, [&](auto load, index_t j) {
+        return xsimd::fma(load(x) - V::load_unaligned(&w.mu[j]), V::load_unaligned(&w.sc[j]), V::load_unaligned(&w.sh[j]));
+    });
+}
+template <class T>
+inline void apply_flat_stores(bool stream, const T* x, T* y, index_t b, index_t e, index_t n, const wrapped_coefficients<T>& w) {
+    if (stream)
+        apply_flat<true>(x, y, b, e, n, w);
+    else
+        apply_flat<false>(x, y, b, e, n, w);
+}
+
+/// Rows [r0, r1) of R, each one run of `inner` at x + r.x and y + r.y (x, y, the coefficients
+/// and the parameters already at one kept index's offsets): back-to-back rows of columns as one
+/// flat run, anything else run by run.
+template <class T>
+void apply_rows_of(bool stream, const std::vector<loop_dim>& R, index_t r0, index_t r1, const loop_dim& inner, const T* x, T* y,
+                   const T* mu, const T* sc, const T* sh, const T* g, const T* bt) {
+    const index_t n = inner.extent;
+    if (flat_columns(R, inner) && g == nullptr)
+        return apply_flat_stores(stream, x, y, r0 * n, r1 * n, n, wrapped_coefficients<T>(mu, sc, sh, n));
+    const index_t ss = inner.reduced ? 0 : inner.sstat;
+    for_range(R, r0, r1, [&](const offsets& r) {
+        apply_run_stores<T>(stream, x + r.x, y + r.y, n, inner.sx, inner.sy, mu, sc, sh, ss, g ? g + r.param : nullptr,
+                            bt ? bt + r.param : nullptr, inner.sparam);
+    });
+}
+
 template <bool Stream, class T>
 void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const T* g, const T* bt, int nt) {
     const loop_dim inner = p.apply.back();
     const std::vector<loop_dim> outer(p.apply.begin(), p.apply.end() - 1);
     const index_t no = count_of(outer), n = inner.extent;
-    if (outer.size() == 1 && outer[0].reduced && outer[0].sx == n && outer[0].sy == n && !inner.reduced && inner.sx == 1 &&
-        inner.sy == 1 && inner.sstat == 1 && g == nullptr) {
-        // columns whose rows are contiguous (BatchNorm on NHWC): one flat run, lane = position mod n
-        using V = simd::vec<T>;
-        const auto mu = simd::wrapped(k.mu.data(), n), sc = simd::wrapped(k.sc.data(), n), sh = simd::wrapped(k.sh.data(), n);
+    if (flat_columns(outer, inner) && g == nullptr) {  // BatchNorm on NHWC: lane = position mod n
+        const wrapped_coefficients<T> w(k.mu.data(), k.sc.data(), k.sh.data(), n);
         team(nt, [&] {
             const auto [b, e] = split(no * n, thread_id(), team_size());
-            simd::for_each_flat<Stream>(y, b, e, n, [&](auto load, index_t j) {
-                return xsimd::fma(load(x) - V::load_unaligned(&mu[j]), V::load_unaligned(&sc[j]), V::load_unaligned(&sh[j]));
-            });
+            apply_flat<Stream>(x, y, b, e, n, w);
             if constexpr (Stream) simd::fence();
         });
         return;
@@ -375,10 +418,10 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
         }
     };
     // rows [r0, r1) of kept index kk, y = (x - cm_c) * csc_c + csh_c
+    loop_dim channels;
+    channels.extent = n, channels.sx = channels.sy = channels.sstat = 1;
     auto normalize_rows = [&](const offsets& kk, index_t r0, index_t r1, const T* cm, const T* csc, const T* csh) {
-        for_range(R, r0, r1, [&](const offsets& r) {
-            apply_run_stores<T>(stream, x + kk.x + r.x, y + kk.y + r.y, n, 1, 1, cm, csc, csh, 1, nullptr, nullptr, 0);
-        });
+        apply_rows_of<T>(stream, R, r0, r1, channels, x + kk.x, y + kk.y, cm, csc, csh, nullptr, nullptr);
     };
     if (nk >= nt || nt == 1) {
         team(nt, [&] {
@@ -475,11 +518,8 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
                 for (index_t j = 0; j < n; ++j) acc[j].template merge<Rms>(count, mean[j], m2[j]);
             }
             for (index_t j = 0; j < per_k; ++j) known(kk.stat + j * ss, acc[j], kk.param + j * inner.sparam);
-            for_range(R, 0, nr, [&](const offsets& r) {
-                apply_run_stores<T>(stream, x + kk.x + r.x, y + kk.y + r.y, n, inner.sx, inner.sy, k.mu.data() + kk.stat,
-                                    k.sc.data() + kk.stat, k.sh.data() + kk.stat, ss, g ? g + kk.param + r.param : nullptr,
-                                    bt ? bt + kk.param + r.param : nullptr, inner.sparam);
-            });
+            apply_rows_of<T>(stream, R, 0, nr, inner, x + kk.x, y + kk.y, k.mu.data() + kk.stat, k.sc.data() + kk.stat,
+                             k.sh.data() + kk.stat, g ? g + kk.param : nullptr, bt ? bt + kk.param : nullptr);
         });
         if (stream) simd::fence();
     });
