@@ -244,6 +244,7 @@ void column_dx(const backward_context<T>& cx, const offsets& kk, const column_la
                    gw = simd::wrapped(ones.empty() ? g : ones.data(), n);
         auto f = [&](auto load, index_t j) {
             auto at = [&](const std::vector<T>& v) { return V::load_unaligned(&v[std::size_t(j)]); };
+            if (cx.stream) simd::prefetch_stream(X + load.i), simd::prefetch_stream(DY + load.i);
             const V r = at(rs), xh = ((load(X) - at(mh)) - at(ml)) * r;
             return xsimd::fnma(xh, at(c2), load(DY) * at(gw) - at(c1)) * r;
         };

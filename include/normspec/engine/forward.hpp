@@ -303,6 +303,7 @@ template <bool Stream, class T>
 inline void apply_flat(const T* x, T* y, index_t b, index_t e, index_t n, const wrapped_coefficients<T>& w) {
     using V = simd::vec<T>;
     simd::for_each_flat<Stream>(y, b, e, n, [&](auto load, index_t j) {
+        if constexpr (Stream) simd::prefetch_stream(x + load.i);
         return xsimd::fma(load(x) - V::load_unaligned(&w.mu[j]), V::load_unaligned(&w.sc[j]), V::load_unaligned(&w.sh[j]));
     });
 }
