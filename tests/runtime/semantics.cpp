@@ -252,3 +252,37 @@ TEST_CASE("statistics stay exact when a chunk's first values are far from its me
     CHECK(th::rel_err(r.rstd, want.rstd) < 1e-6);
     CHECK(th::rel_err(r.y, want.y) < 2e-6);
 }
+
+TEST_CASE("short planes in wide rows (BatchNorm, InstanceNorm on NCHW with 7x7 and 5x5 planes): blocks of channels") {
+    // C * H * W above 4096 with H * W under 256: statistics from a chunk's worth of planes at a
+    // time, then each sample's span of a block of channels as one flat run
+    for (auto shape : std::vector<std::vector<std::size_t>>{{3, 97, 7, 7}, {2, 171, 5, 5}, {1, 700, 3, 3}}) {
+        CAPTURE(shape);
+        const xt::xarray<double> x = th::randn(shape, 0.5, 2.0);
+        th::check_against_reference<batch_norm, N, C, H, W>(xt::xarray<float>(xt::cast<float>(x)));
+        th::check_against_reference<batch_norm, N, C, H, W>(x);
+        th::check_against_reference<instance_norm, N, C, H, W>(xt::xarray<float>(xt::cast<float>(x)));
+    }
+    // large offsets, one and two threads; in channel 0 the first vector's values are outliers, so
+    // the first chunk's centre is far from its mean and the second pass over its planes runs
+    xt::xtensor<float, 4> x = xt::cast<float>(th::randn({64, 97, 7, 7}, 1e4, 1.0));
+    for (std::size_t i = 0; i < 16; ++i) x(0, 0, i / 7, i % 7) += 100.0f;
+    const auto want = ref::norm(describe<batch_norm>(), {"N", "C", "H", "W"}, xt::cast<double>(x), {}, {}, 0, 1e-5);
+    for (int t : {1, 2}) {
+        CAPTURE(t);
+        auto r = forward(batch_norm{}, named<N, C, H, W>(x), threads(t));
+        CHECK(th::rel_err(r.rstd, want.rstd) < 1e-6);
+        CHECK(std::abs(r.rstd(0) / want.rstd(0) - 1) < 1e-6);  // channel 0 on its own (its rstd is small)
+        CHECK(th::rel_err(r.y, want.y) < 2e-6);
+    }
+    // out of cache, y one float past a vector boundary: streaming stores with aligning heads
+    const std::size_t per = 97 * 49, n = std::size_t(1.2 * engine::detail::llc_bytes() / double(2 * sizeof(float) * per)) + 1;
+    const std::array<std::size_t, 4> shape{n, 97, 7, 7};
+    xt::xtensor<float, 4> big = xt::cast<float>(xt::reshape_view(th::randn({n * per}, 1.0), shape));
+    std::vector<float> ybuf(n * per + 64);
+    float* yp = ybuf.data() + (16 - (reinterpret_cast<std::uintptr_t>(ybuf.data()) % 64) / 4) % 16 + 1;
+    auto y = xt::adapt(yp, n * per, xt::no_ownership(), shape);
+    forward(batch_norm{}, named<N, C, H, W>(big), out(y));
+    const auto want_big = ref::norm(describe<batch_norm>(), {"N", "C", "H", "W"}, xt::cast<double>(big), {}, {}, 0, 1e-5);
+    CHECK(th::rel_err(y, want_big.y) < 2e-6);
+}

@@ -110,6 +110,19 @@ struct forward_args {
 
 namespace detail {
 
+/// f(pointers, count) over the rows of R[r0, r1) (row r at base + r.x), `per` rows at a time;
+/// rows is reused storage for the pointers.
+template <class T, class F>
+void for_row_batches(const std::vector<loop_dim>& R, index_t r0, index_t r1, const T* base, index_t per,
+                     std::vector<const T*>& rows, F&& f) {
+    rows.clear();
+    for_range(R, r0, r1, [&](const offsets& r) {
+        rows.push_back(base + r.x);
+        if (index_t(rows.size()) == per) f(rows.data(), per), rows.clear();
+    });
+    if (!rows.empty()) f(rows.data(), index_t(rows.size()));
+}
+
 /// Per-column moments of rows [r0, r1) of R (row r at base + r.x; n columns at step s), taken in
 /// blocks of rows that stay in L1; mean and m2 are reset first; returns the row count.
 /// rows is reused storage for the block's row pointers.
@@ -120,17 +133,20 @@ double column_moments(const std::vector<loop_dim>& R, index_t r0, index_t r1, co
     std::fill(mean, mean + n, 0.0);
     std::fill(m2, m2 + n, 0.0);
     double count = 0;
-    rows.clear();
-    auto flush = [&] {
-        accumulate_block<Rms>(rows.data(), index_t(rows.size()), n, s, count, mean, m2);
-        rows.clear();
-    };
-    for_range(R, r0, r1, [&](const offsets& r) {
-        rows.push_back(base + r.x);
-        if (index_t(rows.size()) == block) flush();
-    });
-    if (!rows.empty()) flush();
+    for_row_batches(R, r0, r1, base, block, rows, [&](const T* const* p, index_t k) { accumulate_block<Rms>(p, k, n, s, count, mean, m2); });
     return count;
+}
+
+/// Moments of the reduced runs of R[r0, r1) (run r at base + r.x: n values at step s) merged
+/// into m. Contiguous runs shorter than half a chunk (BatchNorm's 7x7 planes) are summed a
+/// chunk's worth at a time in one set of vector sums, instead of one horizontal sum and one
+/// merge per run. runs is reused storage for their pointers.
+template <bool Rms, class T>
+void runs_moments(const std::vector<loop_dim>& R, index_t r0, index_t r1, const T* base, index_t n, index_t s, moments& m,
+                  std::vector<const T*>& runs) {
+    if (s != 1 || 2 * n > chunk)
+        return for_range(R, r0, r1, [&](const offsets& r) { accumulate_run<Rms>(base + r.x, n, s, m); });
+    for_row_batches(R, r0, r1, base, chunk / n, runs, [&](const T* const* p, index_t k) { accumulate_chunk<Rms>(p, k, n, m); });
 }
 
 /// Moments of every statistic, indexed by statistic offset.
@@ -147,14 +163,9 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
     // Moments of kept index `k` over reduced rows [r0, r1) and inner positions [i0, i1),
     // merged into acc[0 .. per_k).
     auto partial = [&](const offsets& k, index_t r0, index_t r1, index_t i0, index_t i1, moments* acc) {
-        if (inner.reduced) {
-            for_range(R, r0, r1, [&](const offsets& r) {
-                accumulate_run<Rms>(x + k.x + r.x + i0 * inner.sx, i1 - i0, inner.sx, acc[0]);
-            });
-            return;
-        }
-        std::vector<double> mean(n), m2(n);
         std::vector<const T*> rows;
+        if (inner.reduced) return runs_moments<Rms>(R, r0, r1, x + k.x + i0 * inner.sx, i1 - i0, inner.sx, acc[0], rows);
+        std::vector<double> mean(n), m2(n);
         const double count = column_moments<Rms>(R, r0, r1, x + k.x, n, inner.sx, mean.data(), m2.data(), rows);
         for (index_t j = 0; j < n; ++j) acc[j].template merge<Rms>(count, mean[j], m2[j]);
     };
@@ -379,14 +390,76 @@ bool fusable(const plan& p, int nt) {
 /// memory once. `known(s, moments, param offset)` turns each statistic into coefficients.
 /// The innermost two loops are a kept group index over a short reduced member run, contiguous in
 /// x and y (GroupNorm on channels-last data): [.., keep G(C), reduce C/G].
-inline bool grouped_columns(const plan& p) {
+inline bool grouped_shape(const plan& p) {
     if (p.fused.size() < 2) return false;
     const loop_dim& m = p.fused.back();
     const loop_dim& gd = p.fused[p.fused.size() - 2];
+    return m.reduced && !gd.reduced && m.sx == 1 && m.sy == 1 && gd.sx == m.extent && gd.sy == m.extent;
+}
+inline bool grouped_columns(const plan& p) {
     // a long run is better served by the rows kernel (BatchNorm and InstanceNorm on NCHW have
-    // the same shape: a kept channel over a contiguous H*W)
-    return m.reduced && !gd.reduced && m.sx == 1 && m.sy == 1 && gd.sx == m.extent && gd.sy == m.extent &&
-           m.extent <= 4 * simd::width<float>;
+    // the same shape: a kept channel over a contiguous H*W), and a wide row by blocks of groups
+    return grouped_shape(p) && p.fused.back().extent <= 4 * simd::width<float> &&
+           p.fused.back().extent * p.fused[p.fused.size() - 2].extent <= 4096;
+}
+/// The same shape with runs too short to stream alone (under 256 values) in rows too wide for
+/// per-column moments: BatchNorm on NCHW with 7x7 planes, [reduce N, keep C, reduce H*W].
+inline bool group_blocks(const plan& p) {
+    return grouped_shape(p) && !grouped_columns(p) && p.fused.back().extent < 256;
+}
+
+/// Group gi of kept index kk, whose statistic is known, spread over its member run: per-position
+/// coefficients y = (x - cm) * csc + csh with gamma and beta (per member, when not folded) in them.
+template <class T>
+inline void spread_group(const coefficients<T>& k, const offsets& kk, index_t gi, const loop_dim& gd, const loop_dim& member,
+                         const T* g, const T* bt, T* cm, T* csc, T* csh) {
+    const index_t st = kk.stat + gi * gd.sstat;
+    for (index_t j = 0; j < member.extent; ++j) {
+        const index_t pi = kk.param + gi * gd.sparam + j * member.sparam;
+        const T gamma = g ? g[pi] : T(1);
+        cm[j] = k.mu[st];
+        csc[j] = k.sc[st] * gamma;
+        csh[j] = k.sh[st] * gamma + (bt ? bt[pi] : T(0));
+    }
+}
+
+/// Short runs of a kept group index in rows too wide for per-column moments (group_blocks:
+/// BatchNorm on NCHW with 7x7 planes, a channel's 49 values in each of N rows), in blocks of
+/// groups whose slab stays in L2: per group, the moments of its runs (a chunk's worth of runs in
+/// one set of vector sums); then per row, the block's span as one flat run with per-position
+/// coefficients, x from cache and y written in order (streaming when out of cache), where run by
+/// run the stores could not stream. Threads take (kept index, block) pairs.
+template <bool Rms, class T, class Known>
+void fused_group_blocks(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, const T* bt, int nt, bool stream,
+                        Known&& known) {
+    const loop_dim member = p.fused.back(), gd = p.fused[p.fused.size() - 2];
+    const outer_loops outer = outer_of(p.fused, 2);
+    const index_t nk = count_of(outer.K), nr = count_of(outer.R), cg = member.extent;
+    const index_t slab = std::max<index_t>(1, nr * cg);
+    const index_t gb = std::clamp<index_t>(index_t(fuse_slab_bytes / 4 / sizeof(T)) / slab, 1, gd.extent);
+    const index_t nb = (gd.extent + gb - 1) / gb;
+    team(nt, [&] {
+        const auto [wb, we] = split(nk * nb, thread_id(), team_size());
+        std::vector<const T*> runs;
+        std::vector<T> cm(std::size_t(gb * cg)), csc(cm.size()), csh(cm.size());
+        for (index_t w = wb; w < we; ++w) {
+            const index_t g0 = (w % nb) * gb, g1 = std::min(g0 + gb, gd.extent), span = (g1 - g0) * cg;
+            for_range(outer.K, w / nb, w / nb + 1, [&](const offsets& kk) {
+                for (index_t gi = g0; gi < g1; ++gi) {
+                    moments m;
+                    runs_moments<Rms>(outer.R, 0, nr, x + kk.x + gi * gd.sx, cg, 1, m, runs);
+                    known(kk.stat + gi * gd.sstat, m, kk.param + gi * gd.sparam);
+                    const index_t o = (gi - g0) * cg;
+                    spread_group(k, kk, gi, gd, member, g, bt, cm.data() + o, csc.data() + o, csh.data() + o);
+                }
+                const wrapped_coefficients<T> wc(cm.data(), csc.data(), csh.data(), span);
+                for_range(outer.R, 0, nr, [&](const offsets& r) {
+                    apply_flat_stores(stream, x + kk.x + r.x + g0 * gd.sx, y + kk.y + r.y + g0 * gd.sy, 0, span, span, wc);
+                });
+            });
+        }
+        if (stream) simd::fence();
+    });
 }
 
 /// GroupNorm on channels-last data, per kept index: per-channel column moments over the reduced
@@ -407,15 +480,8 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
         for (index_t gi = 0; gi < groups; ++gi) {
             moments m;
             for (index_t c = gi * cg; c < (gi + 1) * cg; ++c) m.template merge<Rms>(count, mean[c], m2[c]);
-            const index_t st = kk.stat + gi * gd.sstat;
-            known(st, m, kk.param + gi * gd.sparam);  // with folded parameters they live on kept axes
-            for (index_t j = 0; j < cg; ++j) {
-                const index_t c = gi * cg + j, pi = kk.param + gi * gd.sparam + j * member.sparam;
-                const T gamma = g ? g[pi] : T(1);
-                cm[c] = k.mu[st];
-                csc[c] = k.sc[st] * gamma;
-                csh[c] = k.sh[st] * gamma + (bt ? bt[pi] : T(0));
-            }
+            known(kk.stat + gi * gd.sstat, m, kk.param + gi * gd.sparam);  // folded parameters live on kept axes
+            spread_group(k, kk, gi, gd, member, g, bt, cm + gi * cg, csc + gi * cg, csh + gi * cg);
         }
     };
     // rows [r0, r1) of kept index kk, y = (x - cm_c) * csc_c + csh_c
@@ -469,6 +535,7 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
 template <bool Rms, class T, class Known>
 void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, const T* bt, int nt, bool stream, Known&& known) {
     if (grouped_columns(p)) return fused_grouped_columns<Rms>(p, x, y, k, g, bt, nt, stream, known);
+    if (group_blocks(p)) return fused_group_blocks<Rms>(p, x, y, k, g, bt, nt, stream, known);
     const loop_dim inner = p.fused.back();
     const outer_loops outer = outer_of(p.fused, 1);
     const std::vector<loop_dim>& K = outer.K;
@@ -512,7 +579,7 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
         } else for_range(K, kb, ke, [&](const offsets& kk) {
             std::fill(acc.begin(), acc.end(), moments{});
             if (inner.reduced) {
-                for_range(R, 0, nr, [&](const offsets& r) { accumulate_run<Rms>(x + kk.x + r.x, n, inner.sx, acc[0]); });
+                runs_moments<Rms>(R, 0, nr, x + kk.x, n, inner.sx, acc[0], rows);
             } else {
                 const double count =
                     column_moments<Rms>(R, 0, nr, x + kk.x, n, inner.sx, mean.data(), m2.data(), rows);
@@ -552,6 +619,7 @@ struct decision {
     int threads = 1;
     bool fused = false;            // statistics and normalization per kept index
     bool grouped_columns = false;  // ... with a group's channels merged from per-channel columns
+    bool group_blocks = false;     // ... in blocks of groups with short runs, each row's span flat
     bool split_reduction = false;  // two sweeps with fewer kept indices than threads
     bool stream = false;           // streaming stores for y
     bool use_running = false;      // evaluation with running statistics: no statistics sweep
@@ -564,7 +632,11 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     d.threads = threads_for(total, requested_threads);
     // grouped columns read x per kept index, once per sweep, with any slab and any thread count
     d.grouped_columns = !use_running && schedule != 2 && detail::grouped_columns(p);
-    d.fused = !use_running && (schedule == 1 || d.grouped_columns || (schedule == 0 && detail::fusable<T>(p, d.threads)));
+    // (evaluation keeps run-by-run plain stores: reading x from memory in one block's spans of
+    // every row measured 1.65-2.2 -> 3.1 ms on fwd_eval/batch_norm/NCHW/50x2048x7x7/t1)
+    d.group_blocks = !use_running && schedule != 2 && detail::group_blocks(p);
+    d.fused = !use_running && (schedule == 1 || d.grouped_columns || d.group_blocks ||
+                               (schedule == 0 && detail::fusable<T>(p, d.threads)));
     // fewer kept indices than threads: the threads split the reduction (grouped columns: the
     // kept indices outside the group's two loops)
     if (d.grouped_columns)
@@ -576,7 +648,7 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     // in lines the streaming stores also write: plain stores throughout measured 3.7x faster
     // (fwd_eval/batch_norm/NCHW/50x2048x7x7/t1). Grouped columns and kept inner loops run long.
     const loop_dim& run = d.fused ? p.fused.back() : p.apply.back();
-    if (!d.grouped_columns && run.reduced && run.extent < 256) d.stream = false;
+    if (!d.grouped_columns && !d.group_blocks && run.reduced && run.extent < 256) d.stream = false;
     return d;
 }
 
@@ -601,6 +673,10 @@ inline std::string explain(const plan& p, const decision& d) {
     if (d.grouped_columns)
         s += "sweeps: per kept index, per-channel column moments over the reduced rows, merged per group, then "
              "y = x * scale_c + shift_c (a second read of x, from cache when a kept index's data fits in 1 MiB)\n";
+    else if (d.group_blocks)
+        s += "sweeps: per block of " + loops[loops.size() - 2].name + " (its data within 256 KiB): the moments of each " +
+             loops[loops.size() - 2].name + "'s short runs, then each row's span of the block as one flat run (x read once, "
+             "y written in order)\n";
     else if (d.fused)
         s += "sweeps: fused per kept index: statistics, then normalize while its data is in cache (x read once)\n";
     else if (d.use_running)
@@ -609,7 +685,11 @@ inline std::string explain(const plan& p, const decision& d) {
         s += "sweeps: two: every statistic (one read of x), then every element (a second read of x)\n";
     s += std::string("parameters: ") + (!p.has_params ? "none" : p.fold ? "folded into per-statistic scale and shift" : "applied per element") + "\n";
     s += "threads: " + std::to_string(d.threads) +
-         (d.threads == 1 ? "" : d.split_reduction ? " (the reduction is split; partial moments merged)" : " over kept indices") + "\n";
+         (d.threads == 1              ? ""
+          : d.split_reduction         ? " (the reduction is split; partial moments merged)"
+          : d.group_blocks            ? " over blocks of kept indices"
+                                      : " over kept indices") +
+         "\n";
     s += std::string("stores: ") + (d.stream ? "streaming (x and y exceed the last-level cache)" : "cached") + "\n";
     return s;
 }

@@ -46,6 +46,37 @@ struct moments {
 
 inline constexpr index_t chunk = 2048;  // 8 KiB of float: a chunk's second read hits L1
 
+/// Moments of one chunk, made of nruns contiguous runs of len values (one run of a long row, or
+/// a chunk's worth of short runs: BatchNorm's 7x7 planes), merged into m: one pass of shifted
+/// sums over all of them in T (a second when the first's centre was far off).
+template <bool Rms, class T>
+inline void accumulate_chunk(const T* const* runs, index_t nruns, index_t len, moments& m) {
+    const double count = double(nruns) * double(len);
+    if constexpr (Rms) {
+        double q = 0;
+        for (index_t i = 0; i < nruns; ++i) q += double(simd::squares(runs[i], len));
+        m.merge<true>(count, 0.0, q);
+    } else {
+        // sums of x - c and (x - c)^2 about c, the mean of the chunk's first vector. The variance
+        // from them, q - r^2/count, loses about (r^2/count) / (q - r^2/count) of float's
+        // precision; when the mean is within one standard deviation of c (for random data nearly
+        // always: c's error is a quarter of one) that is at most a factor 2, and the chunk is
+        // done. Otherwise (sorted data, outliers first) a second pass takes the sums again about
+        // the mean just found; what r is left then is the rounding residue of that centre, and
+        // removing r^2/count makes q exact to second order.
+        const index_t head = std::min<index_t>(len, simd::width<T>);
+        T c = T(double(simd::sum(runs[0], head)) / double(head)), r, q;
+        simd::shifted_sums(runs, nruns, len, c, r, q);
+        double shift = double(r) / count, m2 = double(q) - double(r) * shift;
+        if (!(double(r) * shift <= m2)) {
+            c = T(double(c) + shift);
+            simd::shifted_sums(runs, nruns, len, c, r, q);
+            shift = double(r) / count, m2 = double(q) - double(r) * shift;
+        }
+        m.merge<false>(count, double(c) + shift, m2);
+    }
+}
+
 /// Moments of n values x[0], x[s], ..., merged into m. Contiguous runs use the vector kernels,
 /// per chunk one pass of shifted sums (a second when the first's centre was far off), in T;
 /// chunks merge in double. Strided runs take two passes one value at a time, in double.
@@ -55,27 +86,7 @@ inline void accumulate_run(const T* x, index_t n, index_t s, moments& m) {
         const index_t len = std::min(chunk, n - c0);
         const T* p = x + c0 * s;
         if (s == 1) {
-            if constexpr (Rms) {
-                m.merge<true>(double(len), 0.0, double(simd::squares(p, len)));
-            } else {
-                // sums of x - c and (x - c)^2 about c, the mean of the chunk's first vector. The
-                // variance from them, q - r^2/len, loses about (r^2/len) / (q - r^2/len) of float's
-                // precision; when the mean is within one standard deviation of c (for random data
-                // nearly always: c's error is a quarter of one) that is at most a factor 2, and the
-                // chunk is done. Otherwise (sorted data, outliers first) a second pass takes the
-                // sums again about the mean just found; what r is left then is the rounding
-                // residue of that centre, and removing r^2/len makes q exact to second order.
-                const index_t head = std::min<index_t>(len, simd::width<T>);
-                T c = T(double(simd::sum(p, head)) / double(head)), r, q;
-                simd::shifted_sums(p, len, c, r, q);
-                double shift = double(r) / double(len), m2 = double(q) - double(r) * shift;
-                if (!(double(r) * shift <= m2)) {
-                    c = T(double(c) + shift);
-                    simd::shifted_sums(p, len, c, r, q);
-                    shift = double(r) / double(len), m2 = double(q) - double(r) * shift;
-                }
-                m.merge<false>(double(len), double(c) + shift, m2);
-            }
+            accumulate_chunk<Rms>(&p, 1, len, m);
             continue;
         }
         if constexpr (Rms) {

@@ -172,13 +172,11 @@ inline T squares(const T* p, index_t n) {
     return fold4(p, n, [](auto acc, auto x) { return xsimd::fma(x, x, acc); });
 }
 
-/// sum of (p[i] - k) and of (p[i] - k)^2 over [0, n), in one pass with four chains of each
+/// (p[i] - k) and (p[i] - k)^2 over [0, n) added into four chains of vector sums each
 template <class T>
-inline void shifted_sums(const T* p, index_t n, T k, T& lin, T& sq) {
+inline void add_shifted_sums(const T* p, index_t n, const vec<T>& kv, vec<T> (&r)[4], vec<T> (&q)[4]) {
     using V = vec<T>;
     constexpr index_t L = width<T>;
-    const V kv(k);
-    V r[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))}, q[4] = {r[0], r[0], r[0], r[0]};
     index_t i = 0;
     for (; i + 4 * L <= n; i += 4 * L) {
 #pragma GCC unroll 4
@@ -198,6 +196,16 @@ inline void shifted_sums(const T* p, index_t n, T k, T& lin, T& sq) {
         r[3] += d;
         q[3] = xsimd::fma(d, d, q[3]);
     }
+}
+
+/// sum of (p[i] - k) and of (p[i] - k)^2 over runs[0..nruns), each of n contiguous values, in
+/// one pass with four chains of each
+template <class T>
+inline void shifted_sums(const T* const* runs, index_t nruns, index_t n, T k, T& lin, T& sq) {
+    using V = vec<T>;
+    const V kv(k);
+    V r[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))}, q[4] = {r[0], r[0], r[0], r[0]};
+    for (index_t i = 0; i < nruns; ++i) add_shifted_sums(runs[i], n, kv, r, q);
     lin = xsimd::hadd((r[0] + r[1]) + (r[2] + r[3]));
     sq = xsimd::hadd((q[0] + q[1]) + (q[2] + q[3]));
 }
