@@ -398,14 +398,17 @@ inline bool grouped_shape(const plan& p) {
 }
 inline bool grouped_columns(const plan& p) {
     // a long run is better served by the rows kernel (BatchNorm and InstanceNorm on NCHW have
-    // the same shape: a kept channel over a contiguous H*W), and a wide row by blocks of groups
+    // the same shape: a kept channel over a contiguous H*W), a wide row by blocks of groups, and
+    // without reduced rows to sum down (LayerNorm over a short D: [keep T, reduce D]) there are
+    // no columns, only short rows
     return grouped_shape(p) && p.fused.back().extent <= 4 * simd::width<float> &&
-           p.fused.back().extent * p.fused[p.fused.size() - 2].extent <= 4096;
+           p.fused.back().extent * p.fused[p.fused.size() - 2].extent <= 4096 && !outer_of(p.fused, 2).R.empty();
 }
 /// The same shape with runs too short to stream alone (under 256 values) in rows too wide for
-/// per-column moments: BatchNorm on NCHW with 7x7 planes, [reduce N, keep C, reduce H*W].
+/// per-column moments: BatchNorm on NCHW with 7x7 planes, [reduce N, keep C, reduce H*W]
+/// (without reduced rows, [keep N*C, reduce H*W], it is the rows pattern).
 inline bool group_blocks(const plan& p) {
-    return grouped_shape(p) && !grouped_columns(p) && p.fused.back().extent < 256;
+    return grouped_shape(p) && !grouped_columns(p) && p.fused.back().extent < 256 && !outer_of(p.fused, 2).R.empty();
 }
 
 /// Group gi of kept index kk, whose statistic is known, spread over its member run: per-position
