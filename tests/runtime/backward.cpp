@@ -297,43 +297,63 @@ TEST_CASE("backward in float keeps 2e-5 on data at 1e4 + N(0,1) on every kernel 
     }
 }
 
-TEST_CASE("out of cache: the streaming-store kernels (aligning heads, flat columns) give the same values") {
+namespace {
+// BatchNorm on each layout, for the out-of-cache test
+struct streamed_nhwc {
+    static std::array<std::size_t, 4> shape(std::size_t n, std::size_t c) { return {n, 1, 1, c}; }
+    static auto forward(auto& x, auto& g, auto& b, auto& y) { return normspec::forward(batch_norm{}, named<N, H, W, C>(x), gamma(g), beta(b), out(y)); }
+    static void backward(auto& x, auto& dy, auto& r, auto& g, auto& dx) { normspec::backward(batch_norm{}, named<N, H, W, C>(x), dy, r, gamma(g), out(dx)); }
+};
+struct streamed_nchw {
+    static std::array<std::size_t, 4> shape(std::size_t n, std::size_t c) { return {n, c, 16, 17}; }
+    static auto forward(auto& x, auto& g, auto& b, auto& y) { return normspec::forward(batch_norm{}, named<N, C, H, W>(x), gamma(g), beta(b), out(y)); }
+    static void backward(auto& x, auto& dy, auto& r, auto& g, auto& dx) { normspec::backward(batch_norm{}, named<N, C, H, W>(x), dy, r, gamma(g), out(dx)); }
+};
+}  // namespace
+
+TEST_CASE("out of cache: the streaming-store kernels (aligning heads, flat columns, planes) give the same values") {
     // sized from the last-level cache the engine reads, so that x and y (and dy, dx) exceed it and
     // the streaming paths run; y and dx start one float past a vector boundary, so the aligning
-    // heads run too. BatchNorm on NHWC: forward and backward normalize one flat run of columns.
-    const std::size_t nc = 64;
-    const std::size_t rows = std::size_t(1.2 * engine::detail::llc_bytes() / double(2 * sizeof(float) * nc)) + 1;
-    const std::size_t total = rows * nc;
-    const std::array<std::size_t, 4> shape{rows, 1, 1, nc};
-    xt::xtensor<float, 4> x = xt::cast<float>(xt::reshape_view(th::randn({total}, 1.0), shape));
-    xt::xtensor<float, 4> dy = xt::cast<float>(xt::reshape_view(th::randn({total}), shape));
-    xt::xtensor<float, 1> g = xt::cast<float>(th::randn({nc}, 1.0, 0.5)), b = xt::cast<float>(th::randn({nc}, 0.0, 0.5));
-    std::vector<float> ybuf(total + 64), dxbuf(total + 64);
-    float* yp = ybuf.data() + (16 - (reinterpret_cast<std::uintptr_t>(ybuf.data()) % 64) / 4) % 16 + 1;
-    float* dxp = dxbuf.data() + (16 - (reinterpret_cast<std::uintptr_t>(dxbuf.data()) % 64) / 4) % 16 + 1;
-    auto y = xt::adapt(yp, total, xt::no_ownership(), shape);
-    auto dx = xt::adapt(dxp, total, xt::no_ownership(), shape);
-    auto r = forward(batch_norm{}, named<N, H, W, C>(x), gamma(g), beta(b), out(y));
-    backward(batch_norm{}, named<N, H, W, C>(x), dy, r, gamma(g), out(dx));
-    // the same in double, channel by channel
-    std::vector<double> mean(nc, 0.0), var(nc, 0.0), mgy(nc, 0.0), mgx(nc, 0.0);
-    for (std::size_t i = 0; i < total; ++i) mean[i % nc] += double(x.data()[i]) / double(rows);
-    for (std::size_t i = 0; i < total; ++i) var[i % nc] += std::pow(double(x.data()[i]) - mean[i % nc], 2) / double(rows);
-    auto rstd = [&](std::size_t c) { return 1.0 / std::sqrt(var[c] + 1e-5); };
-    for (std::size_t i = 0; i < total; ++i) {
-        const std::size_t c = i % nc;
-        const double gy = double(dy.data()[i]) * double(g(c)), xh = (double(x.data()[i]) - mean[c]) * rstd(c);
-        mgy[c] += gy / double(rows), mgx[c] += gy * xh / double(rows);
-    }
-    double ey = 0, sy = 1, edx = 0, sdx = 1;
-    for (std::size_t i = 0; i < total; ++i) {
-        const std::size_t c = i % nc;
-        const double xh = (double(x.data()[i]) - mean[c]) * rstd(c);
-        const double wy = xh * double(g(c)) + double(b(c));
-        const double wdx = rstd(c) * (double(dy.data()[i]) * double(g(c)) - mgy[c] - xh * mgx[c]);
-        ey = std::max(ey, std::abs(double(yp[i]) - wy)), sy = std::max(sy, std::abs(wy));
-        edx = std::max(edx, std::abs(double(dxp[i]) - wdx)), sdx = std::max(sdx, std::abs(wdx));
-    }
-    CHECK(ey / sy < 2e-6);
-    CHECK(edx / sdx < 2e-6);
+    // heads run too. BatchNorm on NHWC: forward and backward normalize one flat run of columns;
+    // on NCHW with 16x17 planes, backward streams dx plane by plane.
+    auto check = [](auto names, std::size_t nc, std::size_t plane, auto channel_of) {
+        using Names = decltype(names);
+        const std::size_t per = nc * plane;
+        const std::size_t samples = std::size_t(1.2 * engine::detail::llc_bytes() / double(2 * sizeof(float) * per)) + 1;
+        const std::size_t total = samples * per, count = samples * plane;
+        const auto shape = Names::shape(samples, nc);
+        xt::xtensor<float, 4> x = xt::cast<float>(xt::reshape_view(th::randn({total}, 1.0), shape));
+        xt::xtensor<float, 4> dy = xt::cast<float>(xt::reshape_view(th::randn({total}), shape));
+        xt::xtensor<float, 1> g = xt::cast<float>(th::randn({nc}, 1.0, 0.5)), b = xt::cast<float>(th::randn({nc}, 0.0, 0.5));
+        std::vector<float> ybuf(total + 64), dxbuf(total + 64);
+        float* yp = ybuf.data() + (16 - (reinterpret_cast<std::uintptr_t>(ybuf.data()) % 64) / 4) % 16 + 1;
+        float* dxp = dxbuf.data() + (16 - (reinterpret_cast<std::uintptr_t>(dxbuf.data()) % 64) / 4) % 16 + 1;
+        auto y = xt::adapt(yp, total, xt::no_ownership(), shape);
+        auto dx = xt::adapt(dxp, total, xt::no_ownership(), shape);
+        auto r = Names::forward(x, g, b, y);
+        Names::backward(x, dy, r, g, dx);
+        // the same in double, channel by channel
+        std::vector<double> mean(nc, 0.0), var(nc, 0.0), mgy(nc, 0.0), mgx(nc, 0.0);
+        for (std::size_t i = 0; i < total; ++i) mean[channel_of(i)] += double(x.data()[i]) / double(count);
+        for (std::size_t i = 0; i < total; ++i) var[channel_of(i)] += std::pow(double(x.data()[i]) - mean[channel_of(i)], 2) / double(count);
+        auto rstd = [&](std::size_t c) { return 1.0 / std::sqrt(var[c] + 1e-5); };
+        for (std::size_t i = 0; i < total; ++i) {
+            const std::size_t c = channel_of(i);
+            const double gy = double(dy.data()[i]) * double(g(c)), xh = (double(x.data()[i]) - mean[c]) * rstd(c);
+            mgy[c] += gy / double(count), mgx[c] += gy * xh / double(count);
+        }
+        double ey = 0, sy = 1, edx = 0, sdx = 1;
+        for (std::size_t i = 0; i < total; ++i) {
+            const std::size_t c = channel_of(i);
+            const double xh = (double(x.data()[i]) - mean[c]) * rstd(c);
+            const double wy = xh * double(g(c)) + double(b(c));
+            const double wdx = rstd(c) * (double(dy.data()[i]) * double(g(c)) - mgy[c] - xh * mgx[c]);
+            ey = std::max(ey, std::abs(double(yp[i]) - wy)), sy = std::max(sy, std::abs(wy));
+            edx = std::max(edx, std::abs(double(dxp[i]) - wdx)), sdx = std::max(sdx, std::abs(wdx));
+        }
+        CHECK(ey / sy < 2e-6);
+        CHECK(edx / sdx < 2e-6);
+    };
+    SUBCASE("NHWC") { check(streamed_nhwc{}, 64, 1, [](std::size_t i) { return i % 64; }); }
+    SUBCASE("NCHW") { check(streamed_nchw{}, 4, 16 * 17, [](std::size_t i) { return (i / (16 * 17)) % 4; }); }
 }
