@@ -260,6 +260,33 @@ TEST_CASE("backward: one and two threads agree on every kernel (rows, planes, co
     CHECK(th::rel_err(r1.dbeta, r2.dbeta) < 2e-5);
 }
 
+TEST_CASE("backward on short planes in wide rows (blocks of channels) matches the plane-by-plane kernel") {
+    // BatchNorm on NCHW with 7x7 planes runs blocks of channels; the same data seen through a
+    // view whose rows are padded (W stride 8) runs plane by plane, a kernel the tests above check
+    const xt::xarray<double> xd = th::randn({9, 97, 7, 8}, 0.5, 2.0), dyd = th::randn({9, 97, 7, 8});
+    xt::xtensor<float, 4> xp = xt::cast<float>(xd), dyp = xt::cast<float>(dyd);
+    auto xv = xt::view(xp, xt::all(), xt::all(), xt::all(), xt::range(0, 7));
+    auto dyv = xt::view(dyp, xt::all(), xt::all(), xt::all(), xt::range(0, 7));
+    xt::xtensor<float, 4> x = xv, dy = dyv;
+    xt::xtensor<float, 1> g = xt::cast<float>(th::randn({97}, 1.0, 0.5)), b = xt::cast<float>(th::randn({97}));
+    for (int t : {1, 2}) {
+        CAPTURE(t);
+        auto r = forward(batch_norm{}, named<N, C, H, W>(x), gamma(g), beta(b));
+        auto blocks = backward(batch_norm{}, named<N, C, H, W>(x), dy, r, gamma(g), threads(t));
+        auto planes = backward(batch_norm{}, named<N, C, H, W>(xv), dyv, r, gamma(g), threads(t));
+        CHECK(th::rel_err(blocks.dx, planes.dx) < 2e-6);
+        CHECK(th::rel_err(blocks.dgamma, planes.dgamma) < 2e-6);
+        CHECK(th::rel_err(blocks.dbeta, planes.dbeta) < 2e-6);
+        // evaluation: the running statistics are constants
+        xt::xtensor<float, 1> rm = xt::cast<float>(th::randn({97}, 0.5)), rv = xt::cast<float>(th::randn({97}, 3.0, 0.5));
+        auto re = forward(batch_norm{}, named<N, C, H, W>(x), gamma(g), beta(b), running(rm, rv), mode::eval);
+        auto eb = backward(batch_norm{}, named<N, C, H, W>(x), dy, re, gamma(g), mode::eval, threads(t));
+        auto ep = backward(batch_norm{}, named<N, C, H, W>(xv), dyv, re, gamma(g), mode::eval, threads(t));
+        CHECK(th::rel_err(eb.dx, ep.dx) < 2e-6);
+        CHECK(th::rel_err(eb.dgamma, ep.dgamma) < 2e-6);
+    }
+}
+
 TEST_CASE("backward in float keeps 2e-5 on data at 1e4 + N(0,1) on every kernel (saved means are rounded)") {
     // the float pass against the same pass in double; the double pass is checked against PyTorch
     // and finite differences above. Rows, planes, columns (one and two threads: the split path),
@@ -304,8 +331,9 @@ struct streamed_nhwc {
     static auto forward(auto& x, auto& g, auto& b, auto& y) { return normspec::forward(batch_norm{}, named<N, H, W, C>(x), gamma(g), beta(b), out(y)); }
     static void backward(auto& x, auto& dy, auto& r, auto& g, auto& dx) { normspec::backward(batch_norm{}, named<N, H, W, C>(x), dy, r, gamma(g), out(dx)); }
 };
+template <std::size_t PH, std::size_t PW>
 struct streamed_nchw {
-    static std::array<std::size_t, 4> shape(std::size_t n, std::size_t c) { return {n, c, 16, 17}; }
+    static std::array<std::size_t, 4> shape(std::size_t n, std::size_t c) { return {n, c, PH, PW}; }
     static auto forward(auto& x, auto& g, auto& b, auto& y) { return normspec::forward(batch_norm{}, named<N, C, H, W>(x), gamma(g), beta(b), out(y)); }
     static void backward(auto& x, auto& dy, auto& r, auto& g, auto& dx) { normspec::backward(batch_norm{}, named<N, C, H, W>(x), dy, r, gamma(g), out(dx)); }
 };
@@ -315,7 +343,8 @@ TEST_CASE("out of cache: the streaming-store kernels (aligning heads, flat colum
     // sized from the last-level cache the engine reads, so that x and y (and dy, dx) exceed it and
     // the streaming paths run; y and dx start one float past a vector boundary, so the aligning
     // heads run too. BatchNorm on NHWC: forward and backward normalize one flat run of columns;
-    // on NCHW with 16x17 planes, backward streams dx plane by plane.
+    // on NCHW with 16x17 planes, backward streams dx plane by plane; with 7x7 planes of 97
+    // channels, each sample's span of a block of channels.
     auto check = [](auto names, std::size_t nc, std::size_t plane, auto channel_of) {
         using Names = decltype(names);
         const std::size_t per = nc * plane;
@@ -355,5 +384,8 @@ TEST_CASE("out of cache: the streaming-store kernels (aligning heads, flat colum
         CHECK(edx / sdx < 2e-6);
     };
     SUBCASE("NHWC") { check(streamed_nhwc{}, 64, 1, [](std::size_t i) { return i % 64; }); }
-    SUBCASE("NCHW") { check(streamed_nchw{}, 4, 16 * 17, [](std::size_t i) { return (i / (16 * 17)) % 4; }); }
+    SUBCASE("NCHW") { check(streamed_nchw<16, 17>{}, 4, 16 * 17, [](std::size_t i) { return (i / (16 * 17)) % 4; }); }
+    SUBCASE("NCHW, 7x7 planes of 97 channels: blocks of channels") {
+        check(streamed_nchw<7, 7>{}, 97, 49, [](std::size_t i) { return (i / 49) % 97; });
+    }
 }

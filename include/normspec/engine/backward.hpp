@@ -226,6 +226,33 @@ void column_sums(const backward_context<T>& cx, const offsets& kk, const column_
     }
 }
 
+/// Per-position dx coefficients, each repeated past the run's end (simd::wrapped), for flat runs
+template <class T>
+struct dx_coefficients {
+    std::vector<T> mh, ml, rs, c1, c2, gw;
+    dx_coefficients(const T* mh_, const T* ml_, const T* rs_, const T* c1_, const T* c2_, const T* gw_, index_t n)
+        : mh(simd::wrapped(mh_, n)), ml(simd::wrapped(ml_, n)), rs(simd::wrapped(rs_, n)), c1(simd::wrapped(c1_, n)),
+          c2(simd::wrapped(c2_, n)), gw(simd::wrapped(gw_, n)) {}
+};
+
+/// dx over positions [b, e) of a flat run of n lanes (lane = position mod n): xhat = ((x - mh) -
+/// ml) * rs, dx = (dy * gw - c1 - xhat * c2) * rs; with stream, streaming stores (no fence) and
+/// x and dy prefetched as non-temporal.
+template <class T>
+void flat_dx(bool stream, const T* X, const T* DY, T* DX, index_t b, index_t e, index_t n, const dx_coefficients<T>& c) {
+    using V = simd::vec<T>;
+    auto f = [&](auto load, index_t j) {
+        auto at = [&](const std::vector<T>& v) { return V::load_unaligned(&v[std::size_t(j)]); };
+        if (stream) simd::prefetch_stream(X + load.i), simd::prefetch_stream(DY + load.i);
+        const V r = at(c.rs), xh = ((load(X) - at(c.mh)) - at(c.ml)) * r;
+        return xsimd::fnma(xh, at(c.c2), load(DY) * at(c.gw) - at(c.c1)) * r;
+    };
+    if (stream)
+        simd::for_each_flat<true>(DX, b, e, n, f);
+    else
+        simd::for_each_flat<false>(DX, b, e, n, f);
+}
+
 /// dx for rows [r0, r1), row by row (memory read and written in order); rows that are contiguous
 /// in x, dy and dx (BatchNorm on NHWC) as one flat run, with streaming stores when asked for
 template <class T>
@@ -239,21 +266,10 @@ void column_dx(const backward_context<T>& cx, const offsets& kk, const column_la
         const T* DY = cx.a.dy.data + kk.dy;
         std::vector<T> ones;
         if (!g || sp == 0) ones.assign(std::size_t(n), g ? g[0] : T(1));
-        const auto mh = simd::wrapped(ln.mhi.data(), n), ml = simd::wrapped(ln.mlo.data(), n), rs = simd::wrapped(ln.rs.data(), n),
-                   c1 = simd::wrapped(ln.c1.data(), n), c2 = simd::wrapped(ln.c2.data(), n),
-                   gw = simd::wrapped(ones.empty() ? g : ones.data(), n);
-        auto f = [&](auto load, index_t j) {
-            auto at = [&](const std::vector<T>& v) { return V::load_unaligned(&v[std::size_t(j)]); };
-            if (cx.stream) simd::prefetch_stream(X + load.i), simd::prefetch_stream(DY + load.i);
-            const V r = at(rs), xh = ((load(X) - at(mh)) - at(ml)) * r;
-            return xsimd::fnma(xh, at(c2), load(DY) * at(gw) - at(c1)) * r;
-        };
-        if (cx.stream) {
-            simd::for_each_flat<true>(cx.a.dx.data + kk.y, r0 * n, r1 * n, n, f);
-            simd::fence();
-        } else {
-            simd::for_each_flat<false>(cx.a.dx.data + kk.y, r0 * n, r1 * n, n, f);
-        }
+        const dx_coefficients<T> c(ln.mhi.data(), ln.mlo.data(), ln.rs.data(), ln.c1.data(), ln.c2.data(),
+                                   ones.empty() ? g : ones.data(), n);
+        flat_dx(cx.stream, X, DY, cx.a.dx.data + kk.y, r0 * n, r1 * n, n, c);
+        if (cx.stream) simd::fence();
         return;
     }
     for_range(cx.R, r0, r1, [&](const offsets& r) {
@@ -334,6 +350,86 @@ void rows_sums(const T* const* x, const T* const* dy, index_t n, const row_coeff
     for (int r = 0; r < NB; ++r) s1[r] = double(xsimd::hadd(a[r])), s2[r] = double(xsimd::hadd(b[r]));
 }
 
+/// dgamma and dbeta from nt threads' parts of pc values each
+template <class T>
+void write_param_parts(const backward_args<T>& a, const std::vector<double>& dg_parts, const std::vector<double>& db_parts,
+                       std::size_t pc, int nt) {
+    for (std::size_t i = 0; i < pc; ++i) {
+        double g = 0, bsum = 0;
+        for (int t = 0; t < nt; ++t) g += dg_parts[std::size_t(t) * pc + i], bsum += db_parts[std::size_t(t) * pc + i];
+        if (a.dgamma) a.dgamma[i] = T(g);
+        if (a.dbeta) a.dbeta[i] = T(bsum);
+    }
+}
+
+/// Planes of short runs in rows too wide for columns (the forward's group_blocks: BatchNorm on
+/// NCHW with 7x7 planes), gamma constant along each run: per block of groups whose x and dy fit
+/// in 128 KiB each (256 KiB: 6.5 ms, 128: 6.3, 64: 6.5 at 50x2048x7x7, one thread), per group
+/// the sums of its runs (row by row, each row's span in memory order) and its coefficients, then each row's span of
+/// the block as one flat run of dx (streaming out of cache), where run by run the stores could
+/// not stream. Threads take (kept index, block) pairs; dgamma and dbeta per thread, merged.
+template <class T>
+void backward_group_blocks(const spec_desc& spec, const plan& p, const backward_args<T>& a, double inv_n, index_t param_count,
+                           bool stream, int nt) {
+    const loop_dim member = p.fused.back(), gd = p.fused[p.fused.size() - 2];
+    const outer_loops outer = outer_of(p.fused, 2);
+    const index_t nk = count_of(outer.K), nr = count_of(outer.R), cg = member.extent;
+    const index_t gb = std::clamp<index_t>(index_t(fuse_slab_bytes / 16 / sizeof(T)) / std::max<index_t>(1, nr * cg), 1, gd.extent);
+    const index_t nb = (gd.extent + gb - 1) / gb;
+    const bool want = a.dgamma || a.dbeta, exact_mean = a.mean && !a.constant_stats;
+    const std::size_t pc = want ? std::size_t(param_count) : 0;
+    std::vector<double> dg_parts(std::size_t(nt) * pc, 0.0), db_parts(dg_parts.size(), 0.0);
+    team(nt, [&] {
+        const int t = thread_id();
+        double* dg = pc ? &dg_parts[std::size_t(t) * pc] : nullptr;
+        double* db = pc ? &db_parts[std::size_t(t) * pc] : nullptr;
+        const auto [wb, we] = split(nk * nb, t, team_size());
+        const std::size_t size = std::size_t(gb * cg);
+        std::vector<T> mh(size), ml(size), rs(size), c1(size), c2(size), gw(size);
+        std::vector<run_sums> sums(std::size_t(gb), run_sums{});
+        for (index_t w = wb; w < we; ++w) {
+            const index_t g0 = (w % nb) * gb, g1 = std::min(g0 + gb, gd.extent), span = (g1 - g0) * cg;
+            for_range(outer.K, w / nb, w / nb + 1, [&](const offsets& kk) {
+                // the block's sums row by row, each row's span in memory order (channel by channel
+                // across the rows, the runs are too short for the prefetchers to follow)
+                std::fill(sums.begin(), sums.end(), run_sums{});
+                for_range(outer.R, 0, nr, [&](const offsets& r) {
+                    for (index_t gi = g0; gi < g1; ++gi) {
+                        const T mt = a.mean ? a.mean[kk.stat + gi * gd.sstat] : T(0);
+                        const run_sums one = sums_of_run(a.x.data + kk.x + r.x + gi * gd.sx, a.dy.data + kk.dy + r.dy + gi * gd.sdy, cg, mt);
+                        run_sums& sum = sums[std::size_t(gi - g0)];
+                        sum.d += one.d, sum.q += one.q, sum.r += one.r;
+                    }
+                });
+                for (index_t gi = g0; gi < g1; ++gi) {
+                    const index_t st = kk.stat + gi * gd.sstat, pi = kk.param + gi * gd.sparam;
+                    const T mt = a.mean ? a.mean[st] : T(0);
+                    const double rstd = double(a.rstd[st]), gv = a.gamma ? double(a.gamma[pi]) : 1.0;
+                    const run_sums& sum = sums[std::size_t(gi - g0)];
+                    const double delta = exact_mean ? sum.r * inv_n : 0.0, m = double(mt) + delta;
+                    const double q = rstd * (sum.q - delta * sum.d);  // sum dy * xhat about the exact mean
+                    if (dg) dg[pi] += q;
+                    if (db) db[pi] += sum.d;
+                    const auto o = std::ptrdiff_t((gi - g0) * cg);
+                    std::fill_n(mh.begin() + o, cg, T(m));
+                    std::fill_n(ml.begin() + o, cg, T(m - double(T(m))));
+                    std::fill_n(rs.begin() + o, cg, T(rstd));
+                    std::fill_n(c1.begin() + o, cg, spec.rms || a.constant_stats ? T(0) : T(gv * sum.d * inv_n));
+                    std::fill_n(c2.begin() + o, cg, a.constant_stats ? T(0) : T(gv * q * inv_n));
+                    std::fill_n(gw.begin() + o, cg, T(gv));
+                }
+                const dx_coefficients<T> c(mh.data(), ml.data(), rs.data(), c1.data(), c2.data(), gw.data(), span);
+                for_range(outer.R, 0, nr, [&](const offsets& r) {
+                    flat_dx(stream, a.x.data + kk.x + r.x + g0 * gd.sx, a.dy.data + kk.dy + r.dy + g0 * gd.sdy,
+                            a.dx.data + kk.y + r.y + g0 * gd.sy, 0, span, span, c);
+                });
+            });
+        }
+        if (stream) simd::fence();
+    });
+    write_param_parts(a, dg_parts, db_parts, pc, nt);
+}
+
 /// dx of NB rows whose parameters lie along the row, one load of each gamma vector for all of them.
 template <int NB, class T>
 void rows_dx(const T* const* x, const T* const* dy, T* const* dx, index_t n, const row_coefficients<T>* rc, const T* g) {
@@ -374,6 +470,11 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     // two innermost loops become one run of C lanes, a group of C/G lanes per statistic (the
     // forward's grouped columns); otherwise the innermost loop is the run
     const std::size_t fd = p.fused.size();
+    const double inv_n = 1.0 / double(b.reduction_count);
+    const bool stream = 3.0 * double(total) * sizeof(T) > detail::llc_bytes();
+    if (detail::group_blocks(p) && p.fused[fd - 1].sdy == 1 && p.fused[fd - 2].sdy == p.fused[fd - 1].extent &&
+        p.fused[fd - 1].sparam == 0 && std::all_of(p.fused.begin(), p.fused.end() - 2, [](const loop_dim& d) { return !d.reduced || d.sparam == 0; }))
+        return detail::backward_group_blocks(spec, p, a, inv_n, b.param_count, stream, threads_for(total, a.threads));
     const bool grouped = detail::grouped_columns(p) && p.fused[fd - 1].sdy == 1 && p.fused[fd - 2].sdy == p.fused[fd - 1].extent &&
                          p.fused[fd - 2].sparam == p.fused[fd - 1].extent * p.fused[fd - 1].sparam;
     loop_dim inner = p.fused.back();
@@ -391,7 +492,6 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     const index_t nk = count_of(K), nr = count_of(R), n = inner.extent;
     const index_t lanes = inner.reduced ? 1 : n;  // statistics per kept index
     const index_t ss = inner.reduced ? 0 : inner.sstat;
-    const double inv_n = 1.0 / double(b.reduction_count);
     // threads over kept indices; with fewer kept indices than threads, one thread does it all
     int nt = threads_for(total, a.threads);
     if (nk < nt) nt = 1;
@@ -408,7 +508,6 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     const T* DY = a.dy.data;
     T* DX = a.dx.data;
 
-    const bool stream = 3.0 * double(total) * sizeof(T) > detail::llc_bytes();
     const detail::backward_context<T> cx{spec, a, inner, R, inv_n, group, gstat, stream};
 
     // columns with fewer kept indices than threads (BatchNorm on NHWC): the threads split the rows
@@ -689,12 +788,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         if (pending) flush_params();
         if (stream) simd::fence();
     });
-    for (std::size_t i = 0; i < pc; ++i) {
-        double g = 0, bsum = 0;
-        for (int t = 0; t < nt; ++t) g += dg_parts[std::size_t(t) * pc + i], bsum += db_parts[std::size_t(t) * pc + i];
-        if (a.dgamma) a.dgamma[i] = T(g);
-        if (a.dbeta) a.dbeta[i] = T(bsum);
-    }
+    detail::write_param_parts(a, dg_parts, db_parts, pc, nt);
 }
 
 }  // namespace normspec::engine
