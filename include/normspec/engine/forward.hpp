@@ -265,12 +265,22 @@ inline void apply_rows(const T* const* x, T* const* y, index_t n, const T* mu, c
 #pragma GCC unroll 4
     for (int r = 0; r < NB; ++r) m[r] = V(mu[r]), a[r] = V(sc[r]), c[r] = V(sh[r]), xr[r] = x[r], yr[r] = y[r];
     index_t i = 0;
+    V next[NB];  // x one vector ahead: loaded before the stores of the vector before it, so a y
+                 // 64 bytes past x modulo 4 KiB does not stall each load on the store before it
+                 // (2048x1024, one thread: 0.57-0.62 -> 0.39-0.44 ms at that offset)
+#pragma GCC unroll 4
+    for (int r = 0; r < NB; ++r) next[r] = L <= n ? V::load_unaligned(xr[r]) : V(T(0));
     for (; i + L <= n; i += L) {
         const V gv = V::load_unaligned(g + i), bv = bt ? V::load_unaligned(bt + i) : V(T(0));
         V v[NB];  // every row's loads before any store: with rows 4 KiB apart, a store to one row's
                   // y would otherwise stall the next row's load at the same page offset
 #pragma GCC unroll 4
-        for (int r = 0; r < NB; ++r) v[r] = xsimd::fma(xsimd::fma(V::load_unaligned(xr[r] + i) - m[r], a[r], c[r]), gv, bv);
+        for (int r = 0; r < NB; ++r) v[r] = next[r];
+        if (i + 2 * L <= n)
+#pragma GCC unroll 4
+            for (int r = 0; r < NB; ++r) next[r] = V::load_unaligned(xr[r] + i + L);
+#pragma GCC unroll 4
+        for (int r = 0; r < NB; ++r) v[r] = xsimd::fma(xsimd::fma(v[r] - m[r], a[r], c[r]), gv, bv);
 #pragma GCC unroll 4
         for (int r = 0; r < NB; ++r) v[r].store_unaligned(yr[r] + i);
     }
