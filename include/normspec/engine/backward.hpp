@@ -241,11 +241,13 @@ struct dx_coefficients {
 template <class T>
 void flat_dx(bool stream, const T* X, const T* DY, T* DX, index_t b, index_t e, index_t n, const dx_coefficients<T>& c) {
     using V = simd::vec<T>;
-    auto f = [&](auto load, index_t j) {
-        auto at = [&](const std::vector<T>& v) { return V::load_unaligned(&v[std::size_t(j)]); };
+    // captured by value, as the forward's kernels: through references, every pointer would be
+    // reloaded after each (may-alias) vector store
+    const T *mh = c.mh.data(), *ml = c.ml.data(), *rs = c.rs.data(), *c1 = c.c1.data(), *c2 = c.c2.data(), *gw = c.gw.data();
+    auto f = [=](auto load, index_t j) {
         if (stream) simd::prefetch_stream(X + load.i), simd::prefetch_stream(DY + load.i);
-        const V r = at(c.rs), xh = ((load(X) - at(c.mh)) - at(c.ml)) * r;
-        return xsimd::fnma(xh, at(c.c2), load(DY) * at(c.gw) - at(c.c1)) * r;
+        const V r = V::load_unaligned(rs + j), xh = ((load(X) - V::load_unaligned(mh + j)) - V::load_unaligned(ml + j)) * r;
+        return xsimd::fnma(xh, V::load_unaligned(c2 + j), load(DY) * V::load_unaligned(gw + j) - V::load_unaligned(c1 + j)) * r;
     };
     if (stream)
         simd::for_each_flat<true>(DX, b, e, n, f);
@@ -650,7 +652,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
                 const T* g = a.gamma ? a.gamma + pb : nullptr;
                 const bool per_element = inner.sparam == 1 && g;
                 const T gc = g && !per_element ? g[0] : T(1);
-                auto dx_of = [&](auto load) {
+                auto dx_of = [=](auto load) {
                     const V d = load(dy), gy = per_element ? d * load(g) : d * V(gc);
                     return xsimd::fnma(((load(x) - vmhi) - vmlo) * vrs, vc2, gy - vc1) * vrs;
                 };

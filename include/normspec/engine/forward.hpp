@@ -219,7 +219,9 @@ struct coefficients {
     std::vector<T> mu, sc, sh;
 };
 
-/// One innermost run: mu/sc/sh step ss, g/bt step sp (g, bt nullptr: none).
+/// One innermost run: mu/sc/sh step ss, g/bt step sp (g, bt nullptr: none). The kernels' lambdas
+/// capture by value: a vector store may alias any memory, so what they read through references
+/// (pointers, broadcast coefficients) would be reloaded after every store.
 template <bool Stream, class T>
 inline void apply_run(const T* x, T* y, index_t n, index_t sx, index_t sy, const T* mu, const T* sc, const T* sh, index_t ss,
                       const T* g, const T* bt, index_t sp) {
@@ -228,20 +230,20 @@ inline void apply_run(const T* x, T* y, index_t n, index_t sx, index_t sy, const
         if (ss == 0 && (g == nullptr || sp == 0)) {  // planes and rows without parameters along them
             const T a = g ? sc[0] * g[0] : sc[0];
             const V mv(mu[0]), av(a), cv((g ? sh[0] * g[0] : sh[0]) + (bt ? bt[0] : T(0)));
-            simd::for_each_store<Stream>(y, n, [&](auto load) { return xsimd::fma(load(x) - mv, av, cv); });
+            simd::for_each_store<Stream>(y, n, [=](auto load) { return xsimd::fma(load(x) - mv, av, cv); });
             return;
         }
         if (ss == 0 && sp == 1) {  // rows with parameters along them (LayerNorm, RMSNorm)
             const V mv(mu[0]), av(sc[0]), cv(sh[0]);
             if (bt)
                 simd::for_each_store<Stream>(
-                    y, n, [&](auto load) { return xsimd::fma(xsimd::fma(load(x) - mv, av, cv), load(g), load(bt)); });
+                    y, n, [=](auto load) { return xsimd::fma(xsimd::fma(load(x) - mv, av, cv), load(g), load(bt)); });
             else
-                simd::for_each_store<Stream>(y, n, [&](auto load) { return xsimd::fma(load(x) - mv, av, cv) * load(g); });
+                simd::for_each_store<Stream>(y, n, [=](auto load) { return xsimd::fma(load(x) - mv, av, cv) * load(g); });
             return;
         }
         if (ss == 1 && g == nullptr) {  // columns: a statistic per lane (BatchNorm on NHWC)
-            simd::for_each_store<Stream>(y, n, [&](auto load) { return xsimd::fma(load(x) - load(mu), load(sc), load(sh)); });
+            simd::for_each_store<Stream>(y, n, [=](auto load) { return xsimd::fma(load(x) - load(mu), load(sc), load(sh)); });
             return;
         }
     }
@@ -323,9 +325,11 @@ inline bool flat_columns(const std::vector<loop_dim>& R, const loop_dim& inner) 
 template <bool Stream, class T>
 inline void apply_flat(const T* x, T* y, index_t b, index_t e, index_t n, const wrapped_coefficients<T>& w) {
     using V = simd::vec<T>;
-    simd::for_each_flat<Stream>(y, b, e, n, [&](auto load, index_t j) {
+    // captured by value, as in apply_run (GroupNorm NHWC 8x256x32x32 eval, one thread: 1.16-1.23 -> 0.84-0.97 ms)
+    const T *mu = w.mu.data(), *sc = w.sc.data(), *sh = w.sh.data();
+    simd::for_each_flat<Stream>(y, b, e, n, [=](auto load, index_t j) {
         if constexpr (Stream) simd::prefetch_stream(x + load.i);
-        return xsimd::fma(load(x) - V::load_unaligned(&w.mu[j]), V::load_unaligned(&w.sc[j]), V::load_unaligned(&w.sh[j]));
+        return xsimd::fma(load(x) - V::load_unaligned(mu + j), V::load_unaligned(sc + j), V::load_unaligned(sh + j));
     });
 }
 template <class T>
