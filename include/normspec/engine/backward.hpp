@@ -366,18 +366,18 @@ void write_param_parts(const backward_args<T>& a, const std::vector<double>& dg_
 
 /// Planes of short runs in rows too wide for columns (the forward's group_blocks: BatchNorm on
 /// NCHW with 7x7 planes), gamma constant along each run: per block of groups whose x and dy fit
-/// in 128 KiB each (256 KiB: 6.5 ms, 128: 6.3, 64: 6.5 at 50x2048x7x7, one thread), per group
-/// the sums of its runs (row by row, each row's span in memory order) and its coefficients, then each row's span of
-/// the block as one flat run of dx (streaming out of cache), where run by run the stores could
-/// not stream. Threads take (kept index, block) pairs; dgamma and dbeta per thread, merged.
+/// in 64 KiB each (50x2048x7x7 at one thread measured 6.5 ms with 256 KiB, 6.3 with 128, 6.5
+/// with 64: the same within the noise), per group the sums of its runs (row by row, each row's
+/// span in memory order) and its coefficients, then each row's span of the block as one flat run
+/// of dx (streaming out of cache), where run by run the stores could not stream. Threads take
+/// (kept index, block) pairs; dgamma and dbeta per thread, merged.
 template <class T>
 void backward_group_blocks(const spec_desc& spec, const plan& p, const backward_args<T>& a, double inv_n, index_t param_count,
                            bool stream, int nt) {
     const loop_dim member = p.fused.back(), gd = p.fused[p.fused.size() - 2];
     const outer_loops outer = outer_of(p.fused, 2);
     const index_t nk = count_of(outer.K), nr = count_of(outer.R), cg = member.extent;
-    const index_t gb = std::clamp<index_t>(index_t(fuse_slab_bytes / 16 / sizeof(T)) / std::max<index_t>(1, nr * cg), 1, gd.extent);
-    const index_t nb = (gd.extent + gb - 1) / gb;
+    const group_blocking bl(fuse_slab_bytes / 16, sizeof(T), nr, cg, gd.extent);  // 64 KiB of x, of dy
     const bool want = a.dgamma || a.dbeta, exact_mean = a.mean && !a.constant_stats;
     const std::size_t pc = want ? std::size_t(param_count) : 0;
     std::vector<double> dg_parts(std::size_t(nt) * pc, 0.0), db_parts(dg_parts.size(), 0.0);
@@ -385,48 +385,46 @@ void backward_group_blocks(const spec_desc& spec, const plan& p, const backward_
         const int t = thread_id();
         double* dg = pc ? &dg_parts[std::size_t(t) * pc] : nullptr;
         double* db = pc ? &db_parts[std::size_t(t) * pc] : nullptr;
-        const auto [wb, we] = split(nk * nb, t, team_size());
-        const std::size_t size = std::size_t(gb * cg);
+        const auto [wb, we] = split(nk * bl.count, t, team_size());
+        const std::size_t size = std::size_t(bl.per * cg);
         std::vector<T> mh(size), ml(size), rs(size), c1(size), c2(size), gw(size);
-        std::vector<run_sums> sums(std::size_t(gb), run_sums{});
-        for (index_t w = wb; w < we; ++w) {
-            const index_t g0 = (w % nb) * gb, g1 = std::min(g0 + gb, gd.extent), span = (g1 - g0) * cg;
-            for_range(outer.K, w / nb, w / nb + 1, [&](const offsets& kk) {
-                // the block's sums row by row, each row's span in memory order (channel by channel
-                // across the rows, the runs are too short for the prefetchers to follow)
-                std::fill(sums.begin(), sums.end(), run_sums{});
-                for_range(outer.R, 0, nr, [&](const offsets& r) {
-                    for (index_t gi = g0; gi < g1; ++gi) {
-                        const T mt = a.mean ? a.mean[kk.stat + gi * gd.sstat] : T(0);
-                        const run_sums one = sums_of_run(a.x.data + kk.x + r.x + gi * gd.sx, a.dy.data + kk.dy + r.dy + gi * gd.sdy, cg, mt);
-                        run_sums& sum = sums[std::size_t(gi - g0)];
-                        sum.d += one.d, sum.q += one.q, sum.r += one.r;
-                    }
-                });
+        std::vector<run_sums> sums(std::size_t(bl.per), run_sums{});
+        for_group_blocks(outer.K, bl, gd.extent, wb, we, [&](const offsets& kk, index_t g0, index_t g1) {
+            // the block's sums row by row, each row's span in memory order (channel by channel
+            // across the rows, the runs are too short for the prefetchers to follow)
+            std::fill(sums.begin(), sums.end(), run_sums{});
+            for_range(outer.R, 0, nr, [&](const offsets& r) {
                 for (index_t gi = g0; gi < g1; ++gi) {
-                    const index_t st = kk.stat + gi * gd.sstat, pi = kk.param + gi * gd.sparam;
-                    const T mt = a.mean ? a.mean[st] : T(0);
-                    const double rstd = double(a.rstd[st]), gv = a.gamma ? double(a.gamma[pi]) : 1.0;
-                    const run_sums& sum = sums[std::size_t(gi - g0)];
-                    const double delta = exact_mean ? sum.r * inv_n : 0.0, m = double(mt) + delta;
-                    const double q = rstd * (sum.q - delta * sum.d);  // sum dy * xhat about the exact mean
-                    if (dg) dg[pi] += q;
-                    if (db) db[pi] += sum.d;
-                    const auto o = std::ptrdiff_t((gi - g0) * cg);
-                    std::fill_n(mh.begin() + o, cg, T(m));
-                    std::fill_n(ml.begin() + o, cg, T(m - double(T(m))));
-                    std::fill_n(rs.begin() + o, cg, T(rstd));
-                    std::fill_n(c1.begin() + o, cg, spec.rms || a.constant_stats ? T(0) : T(gv * sum.d * inv_n));
-                    std::fill_n(c2.begin() + o, cg, a.constant_stats ? T(0) : T(gv * q * inv_n));
-                    std::fill_n(gw.begin() + o, cg, T(gv));
+                    const T mt = a.mean ? a.mean[kk.stat + gi * gd.sstat] : T(0);
+                    const run_sums one = sums_of_run(a.x.data + kk.x + r.x + gi * gd.sx, a.dy.data + kk.dy + r.dy + gi * gd.sdy, cg, mt);
+                    run_sums& sum = sums[std::size_t(gi - g0)];
+                    sum.d += one.d, sum.q += one.q, sum.r += one.r;
                 }
-                const dx_coefficients<T> c(mh.data(), ml.data(), rs.data(), c1.data(), c2.data(), gw.data(), span);
-                for_range(outer.R, 0, nr, [&](const offsets& r) {
-                    flat_dx(stream, a.x.data + kk.x + r.x + g0 * gd.sx, a.dy.data + kk.dy + r.dy + g0 * gd.sdy,
-                            a.dx.data + kk.y + r.y + g0 * gd.sy, 0, span, span, c);
-                });
             });
-        }
+            for (index_t gi = g0; gi < g1; ++gi) {
+                const index_t st = kk.stat + gi * gd.sstat, pi = kk.param + gi * gd.sparam;
+                const T mt = a.mean ? a.mean[st] : T(0);
+                const double rstd = double(a.rstd[st]), gv = a.gamma ? double(a.gamma[pi]) : 1.0;
+                const run_sums& sum = sums[std::size_t(gi - g0)];
+                const double delta = exact_mean ? sum.r * inv_n : 0.0, m = double(mt) + delta;
+                const double q = rstd * (sum.q - delta * sum.d);  // sum dy * xhat about the exact mean
+                if (dg) dg[pi] += q;
+                if (db) db[pi] += sum.d;
+                const auto o = std::ptrdiff_t((gi - g0) * cg);
+                std::fill_n(mh.begin() + o, cg, T(m));
+                std::fill_n(ml.begin() + o, cg, T(m - double(T(m))));
+                std::fill_n(rs.begin() + o, cg, T(rstd));
+                std::fill_n(c1.begin() + o, cg, spec.rms || a.constant_stats ? T(0) : T(gv * sum.d * inv_n));
+                std::fill_n(c2.begin() + o, cg, a.constant_stats ? T(0) : T(gv * q * inv_n));
+                std::fill_n(gw.begin() + o, cg, T(gv));
+            }
+            const index_t span = (g1 - g0) * cg;
+            const dx_coefficients<T> c(mh.data(), ml.data(), rs.data(), c1.data(), c2.data(), gw.data(), span);
+            for_range(outer.R, 0, nr, [&](const offsets& r) {
+                flat_dx(stream, a.x.data + kk.x + r.x + g0 * gd.sx, a.dy.data + kk.dy + r.dy + g0 * gd.sdy,
+                        a.dx.data + kk.y + r.y + g0 * gd.sy, 0, span, span, c);
+            });
+        });
         if (stream) simd::fence();
     });
     write_param_parts(a, dg_parts, db_parts, pc, nt);

@@ -400,8 +400,6 @@ bool fusable(const plan& p, int nt) {
     return nk >= nt && double(slab) * sizeof(T) <= fuse_slab_bytes;
 }
 
-/// Statistics and normalization per kept index, while its slab is in cache: x is read from
-/// memory once. `known(s, moments, param offset)` turns each statistic into coefficients.
 /// The innermost two loops are a kept group index over a short reduced member run, contiguous in
 /// x and y (GroupNorm on channels-last data): [.., keep G(C), reduce C/G].
 inline bool grouped_shape(const plan& p) {
@@ -440,6 +438,26 @@ inline void spread_group(const coefficients<T>& k, const offsets& kk, index_t gi
     }
 }
 
+/// How group_blocks splits the kept group loop: `per` groups to a block, so that a block's data
+/// (rows of cg values per group) fits in `bytes` of each array it reads; `count` blocks per kept
+/// index.
+struct group_blocking {
+    index_t per, count;
+    group_blocking(double bytes, index_t elem_size, index_t rows, index_t cg, index_t groups)
+        : per(std::clamp<index_t>(index_t(bytes) / elem_size / std::max<index_t>(1, rows * cg), 1, groups)),
+          count((groups + per - 1) / per) {}
+};
+
+/// f(kk, g0, g1) for the (kept index of K, block of groups [g0, g1)) pairs [b, e) of
+/// count_of(K) * bl.count: the work one thread of the group-block kernels takes.
+template <class F>
+void for_group_blocks(const std::vector<loop_dim>& K, const group_blocking& bl, index_t groups, index_t b, index_t e, F&& f) {
+    for (index_t w = b; w < e; ++w) {
+        const index_t g0 = (w % bl.count) * bl.per;
+        for_range(K, w / bl.count, w / bl.count + 1, [&](const offsets& kk) { f(kk, g0, std::min(g0 + bl.per, groups)); });
+    }
+}
+
 /// Short runs of a kept group index in rows too wide for per-column moments (group_blocks:
 /// BatchNorm on NCHW with 7x7 planes, a channel's 49 values in each of N rows), in blocks of
 /// groups whose slab stays in L2: per group, the moments of its runs (a chunk's worth of runs in
@@ -452,29 +470,25 @@ void fused_group_blocks(const plan& p, const T* x, T* y, coefficients<T>& k, con
     const loop_dim member = p.fused.back(), gd = p.fused[p.fused.size() - 2];
     const outer_loops outer = outer_of(p.fused, 2);
     const index_t nk = count_of(outer.K), nr = count_of(outer.R), cg = member.extent;
-    const index_t slab = std::max<index_t>(1, nr * cg);
-    const index_t gb = std::clamp<index_t>(index_t(fuse_slab_bytes / 4 / sizeof(T)) / slab, 1, gd.extent);
-    const index_t nb = (gd.extent + gb - 1) / gb;
+    const group_blocking bl(fuse_slab_bytes / 4, sizeof(T), nr, cg, gd.extent);  // 256 KiB of x
     team(nt, [&] {
-        const auto [wb, we] = split(nk * nb, thread_id(), team_size());
+        const auto [wb, we] = split(nk * bl.count, thread_id(), team_size());
         std::vector<const T*> runs;
-        std::vector<T> cm(std::size_t(gb * cg)), csc(cm.size()), csh(cm.size());
-        for (index_t w = wb; w < we; ++w) {
-            const index_t g0 = (w % nb) * gb, g1 = std::min(g0 + gb, gd.extent), span = (g1 - g0) * cg;
-            for_range(outer.K, w / nb, w / nb + 1, [&](const offsets& kk) {
-                for (index_t gi = g0; gi < g1; ++gi) {
-                    moments m;
-                    runs_moments<Rms>(outer.R, 0, nr, x + kk.x + gi * gd.sx, cg, 1, m, runs);
-                    known(kk.stat + gi * gd.sstat, m, kk.param + gi * gd.sparam);
-                    const index_t o = (gi - g0) * cg;
-                    spread_group(k, kk, gi, gd, member, g, bt, cm.data() + o, csc.data() + o, csh.data() + o);
-                }
-                const wrapped_coefficients<T> wc(cm.data(), csc.data(), csh.data(), span);
-                for_range(outer.R, 0, nr, [&](const offsets& r) {
-                    apply_flat_stores(stream, x + kk.x + r.x + g0 * gd.sx, y + kk.y + r.y + g0 * gd.sy, 0, span, span, wc);
-                });
+        std::vector<T> cm(std::size_t(bl.per * cg)), csc(cm.size()), csh(cm.size());
+        for_group_blocks(outer.K, bl, gd.extent, wb, we, [&](const offsets& kk, index_t g0, index_t g1) {
+            for (index_t gi = g0; gi < g1; ++gi) {
+                moments m;
+                runs_moments<Rms>(outer.R, 0, nr, x + kk.x + gi * gd.sx, cg, 1, m, runs);
+                known(kk.stat + gi * gd.sstat, m, kk.param + gi * gd.sparam);
+                const index_t o = (gi - g0) * cg;
+                spread_group(k, kk, gi, gd, member, g, bt, cm.data() + o, csc.data() + o, csh.data() + o);
+            }
+            const index_t span = (g1 - g0) * cg;
+            const wrapped_coefficients<T> wc(cm.data(), csc.data(), csh.data(), span);
+            for_range(outer.R, 0, nr, [&](const offsets& r) {
+                apply_flat_stores(stream, x + kk.x + r.x + g0 * gd.sx, y + kk.y + r.y + g0 * gd.sy, 0, span, span, wc);
             });
-        }
+        });
         if (stream) simd::fence();
     });
 }
@@ -549,6 +563,8 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
     });
 }
 
+/// Statistics and normalization per kept index, while its slab is in cache: x is read from
+/// memory once. `known(s, moments, param offset)` turns each statistic into coefficients.
 template <bool Rms, class T, class Known>
 void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, const T* bt, int nt, bool stream, Known&& known) {
     if (grouped_columns(p)) return fused_grouped_columns<Rms>(p, x, y, k, g, bt, nt, stream, known);
