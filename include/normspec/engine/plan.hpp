@@ -164,8 +164,8 @@ inline index_t abs_stride(index_t s) { return s < 0 ? -s : s; }
 
 inline std::vector<loop_dim> coalesce(std::vector<loop_dim> dims, bool by_role, bool by_param) {
     // by decreasing |x stride|, ties in their order: an insertion sort, as there are at most
-    // max_rank + 1 dims (std::stable_sort allocates a buffer: a 1x16 LayerNorm forward measured
-    // 914-945 ns with it, 774-785 ns without)
+    // max_rank + 1 dims (std::stable_sort allocates a buffer: without it a 1x16 LayerNorm forward
+    // measured 1.2x faster, same run)
     for (std::size_t i = 1; i < dims.size(); ++i)
         for (std::size_t j = i; j > 0 && abs_stride(dims[j - 1].sx) < abs_stride(dims[j].sx); --j) std::swap(dims[j - 1], dims[j]);
     std::vector<loop_dim> out;
