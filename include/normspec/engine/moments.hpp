@@ -24,6 +24,10 @@ struct moments {
     template <bool Rms>
     void merge(double n_b, double mean_b, double m2_b) {
         if (n_b == 0) return;
+        if (count == 0) {  // the first part: itself (what the update below gives, without its divide)
+            count = n_b, mean = mean_b, m2 = m2_b;
+            return;
+        }
         if constexpr (Rms) {
             count += n_b;
             m2 += m2_b;
@@ -39,7 +43,9 @@ struct moments {
     void merge(const moments& o) { merge<Rms>(o.count, o.mean, o.m2); }
 
     /// Biased variance (what normalizes); for rms the mean square.
-    double variance() const { return count > 0 ? m2 / count : 0.0; }
+    /// (times the inverse of the count, which is known early: no divide after m2 on the chain
+    /// of latencies from the data to the coefficients)
+    double variance() const { return count > 0 ? m2 * (1.0 / count) : 0.0; }
     /// Unbiased variance (what goes into a running estimate).
     double unbiased_variance() const { return count > 1 ? m2 / (count - 1) : 0.0; }
 };
@@ -65,13 +71,16 @@ inline void accumulate_chunk(const T* const* runs, index_t nruns, index_t len, m
         // the mean just found; what r is left then is the rounding residue of that centre, and
         // removing r^2/count makes q exact to second order.
         const index_t head = std::min<index_t>(len, simd::width<T>);
-        T c = T(double(simd::sum(runs[0], head)) / double(head)), r, q;
+        // the divides by count and head are off the chain of dependent latencies: count is known
+        // before the data are read
+        const double inv = 1.0 / count;
+        T c = T(double(simd::sum(runs[0], head)) * (1.0 / double(head))), r, q;
         simd::shifted_sums(runs, nruns, len, c, r, q);
-        double shift = double(r) / count, m2 = double(q) - double(r) * shift;
+        double shift = double(r) * inv, m2 = double(q) - double(r) * shift;
         if (!(double(r) * shift <= m2)) {
             c = T(double(c) + shift);
             simd::shifted_sums(runs, nruns, len, c, r, q);
-            shift = double(r) / count, m2 = double(q) - double(r) * shift;
+            shift = double(r) * inv, m2 = double(q) - double(r) * shift;
         }
         m.merge<false>(count, double(c) + shift, m2);
     }
