@@ -66,9 +66,9 @@ auto backward(S, const named_tensor<E, A...>& xn, const DY& dy, const saved_stat
         const bool eval = kw::find<kw::is_mode>(mode::train, kws...) == mode::eval;
         args.constant_stats = eval && S::has_running_stats;
         const auto groups = S::grouped ? engine::index_t(saved.rstd.shape()[K - 1]) : 0;  // G from the statistics
-        const engine::binding b = engine::bind(desc, {A::name...}, args.x.shape.data(), args.x.rank,
+        const engine::binding b = engine::bind(desc, engine::axis_views{A::name...}, args.x.shape.data(), args.x.rank,
                                                S::runtime_groups && K > 0 ? groups : 0);
-        const std::vector<std::string> xnames{std::string(A::name)...};
+        const engine::axis_names xnames{std::string(A::name)...};
         // dy: its own memory when it has it, in T
         xt::xarray<T> dy_copy;
         if constexpr (detail::has_memory<DY> && std::is_same_v<std::decay_t<typename DY::value_type>, T>) {
@@ -78,7 +78,8 @@ auto backward(S, const named_tensor<E, A...>& xn, const DY& dy, const saved_stat
             dy_copy = detail::packed_checked<T>("dy", xnames, detail::shape_of(xe), dy, "x's");
             args.dy = detail::lower<const T>(dy_copy);
         }
-        xt::xarray<T> mean, rstd, gp;
+        xt::xarray<T> mean, rstd;
+        std::optional<xt::xarray<T>> gp;
         detail::saved_into<T>(b, S::is_rms, saved, mean, rstd, args);
         auto&& g_kw = kw::find<kw::is_gamma>(detail::none{}, kws...);
         if constexpr (!std::is_same_v<std::decay_t<decltype(g_kw)>, detail::none>)

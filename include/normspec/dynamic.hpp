@@ -52,7 +52,8 @@ dynamic_result<T> forward_dynamic(const spec_desc& spec, const std::vector<std::
     a.train = in.run_mode == mode::train;
     a.threads = in.threads;
     const auto pnames = engine::param_axis_names(b);
-    xt::xarray<T> gp, bp, rm, rv;
+    std::optional<xt::xarray<T>> gp, bp;
+    xt::xarray<T> rm, rv;
     if (in.gamma) a.gamma = detail::parameter_data<T>("gamma", pnames, b.param_shape, *in.gamma, gp, "the tensor's");
     if (in.beta) a.beta = detail::parameter_data<T>("beta", pnames, b.param_shape, *in.beta, bp, "the tensor's");
     if (in.running_mean) {
@@ -62,7 +63,7 @@ dynamic_result<T> forward_dynamic(const spec_desc& spec, const std::vector<std::
         a.running_var = rv.data();
     }
     dynamic_result<T> r;
-    r.stat_axes = b.stat_names;
+    r.stat_axes.assign(b.stat_names.begin(), b.stat_names.end());
     std::vector<std::size_t> stat_shape(b.stat_shape.begin(), b.stat_shape.end());
     if (!spec.rms) r.mean = xt::xarray<T>::from_shape(stat_shape);
     r.rstd = xt::xarray<T>::from_shape(stat_shape);
@@ -90,10 +91,11 @@ dynamic_gradients<T> backward_dynamic(const spec_desc& spec, const std::vector<s
     engine::backward_args<T> a;
     a.x = detail::lower<const T>(x);
     const engine::binding b = engine::bind(spec, names, a.x.shape.data(), a.x.rank, in.groups);
-    std::vector<std::string> xnames(names.begin(), names.end());
+    const engine::axis_names xnames(names.begin(), names.end());
     engine::check_extents("dy", xnames, detail::shape_of(x), detail::shape_of(dy).data(), int(dy.dimension()), "x's");
     a.dy = detail::lower<const T>(dy);
-    xt::xarray<T> mean, rstd, gp;
+    xt::xarray<T> mean, rstd;
+    std::optional<xt::xarray<T>> gp;
     detail::saved_into<T>(b, spec.rms, saved, mean, rstd, a);
     if (in.gamma) a.gamma = detail::parameter_data<T>("gamma", engine::param_axis_names(b), b.param_shape, *in.gamma, gp, "the tensor's");
     a.constant_stats = spec.couples_batch && in.run_mode == mode::eval;

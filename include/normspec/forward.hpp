@@ -132,11 +132,11 @@ auto forward(S, const named_tensor<E, A...>& xn, Kw&&... kws) {
         // x: its own memory when it has some, else evaluated once
         const auto& xe = detail::memory_of<T>(xn);
         auto xs = detail::lower<const T>(xe);
-        const engine::binding b = engine::bind(desc, {A::name...}, xs.shape.data(), xs.rank, groups);
+        const engine::binding b = engine::bind(desc, engine::axis_views{A::name...}, xs.shape.data(), xs.rank, groups);
         args.x = xs;
 
         // parameters: packed in canonical order, checked against the tensor's extents
-        xt::xarray<T> gp, bp;
+        std::optional<xt::xarray<T>> gp, bp;
         const auto pnames = engine::param_axis_names(b);
         if constexpr (!std::is_same_v<GK, detail::none>)
             args.gamma = detail::parameter_data<T>("gamma", pnames, b.param_shape, g_kw.e, gp, "the tensor's");
@@ -153,21 +153,21 @@ auto forward(S, const named_tensor<E, A...>& xn, Kw&&... kws) {
         args.save_rstd = saved.rstd.data();
 
         // running statistics: packed, updated, written back
-        xt::xarray<T> rm, rv;
+        std::optional<xt::xarray<T>> rm, rv;
         auto&& r_kw = kw::find<kw::is_running>(detail::none{}, kws...);
         constexpr bool has_running = !std::is_same_v<std::decay_t<decltype(r_kw)>, detail::none>;
         if constexpr (has_running) {
-            rm = detail::packed_checked<T>("running_mean", b.stat_names, b.stat_shape, r_kw.mean, "the statistics'");
-            rv = detail::packed_checked<T>("running_var", b.stat_names, b.stat_shape, r_kw.var, "the statistics'");
-            args.running_mean = rm.data();
-            args.running_var = rv.data();
+            rm.emplace(detail::packed_checked<T>("running_mean", b.stat_names, b.stat_shape, r_kw.mean, "the statistics'"));
+            rv.emplace(detail::packed_checked<T>("running_var", b.stat_names, b.stat_shape, r_kw.var, "the statistics'"));
+            args.running_mean = rm->data();
+            args.running_var = rv->data();
         }
 
         auto write_back = [&] {
             if constexpr (has_running) {
                 if (args.train) {
-                    r_kw.mean = rm;
-                    r_kw.var = rv;
+                    r_kw.mean = *rm;
+                    r_kw.var = *rv;
                 }
             }
         };
@@ -175,7 +175,7 @@ auto forward(S, const named_tensor<E, A...>& xn, Kw&&... kws) {
         if constexpr (!std::is_same_v<std::decay_t<decltype(o_kw)>, detail::none>) {
             using O = std::decay_t<decltype(o_kw.e)>;
             auto& oe = o_kw.e;
-            std::vector<std::string> xnames{std::string(A::name)...};
+            const engine::axis_names xnames{std::string(A::name)...};
             engine::check_extents("out", xnames, detail::shape_of(xe), detail::shape_of(oe).data(), int(oe.dimension()), "x's");
             if constexpr (detail::has_memory<O> && !std::is_const_v<std::remove_reference_t<decltype(*oe.data())>>) {
                 args.y = detail::lower<T>(oe);

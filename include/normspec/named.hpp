@@ -15,6 +15,7 @@
 #include <xtensor/xshape.hpp>
 #include <xtensor/xutils.hpp>
 
+#include <optional>
 #include <type_traits>
 #include <utility>
 
@@ -157,28 +158,28 @@ decltype(auto) memory_of(const named_tensor<E, A...>& xn) {
 }
 
 template <class X>
-std::vector<engine::index_t> shape_of(const X& x) {
-    std::vector<engine::index_t> v(x.dimension());
-    for (std::size_t d = 0; d < v.size(); ++d) v[d] = static_cast<engine::index_t>(x.shape()[d]);
+engine::extents shape_of(const X& x) {
+    engine::extents v;
+    for (std::size_t d = 0; d < x.dimension(); ++d) v.push_back(static_cast<engine::index_t>(x.shape()[d]));
     return v;
 }
 
 /// A small tensor (parameters, running statistics) copied row-major as T, after checking that
 /// it has the extents `extents` on the axes `axes`; `whose` names where those come from.
 template <class T, class E>
-xt::xarray<T> packed_checked(const std::string& what, const std::vector<std::string>& axes,
-                             const std::vector<engine::index_t>& extents, const E& e, const std::string& whose) {
+xt::xarray<T> packed_checked(const std::string& what, const engine::axis_names& axes, const engine::extents& extents,
+                             const E& e, const std::string& whose) {
     xt::xarray<T> p(e);
     engine::check_extents(what, axes, extents, shape_of(p).data(), int(p.dimension()), whose);
     return p;
 }
 
 /// A parameter tensor as a row-major T pointer, after checking its extents: its own memory when
-/// it already is one (no copy), else a copy packed into `storage`.
+/// it already is one (no copy), else a copy packed into `storage` (left empty otherwise: an
+/// xt::xarray, even an empty one, allocates).
 template <class T, class E>
-const T* parameter_data(const std::string& what, const std::vector<std::string>& axes,
-                        const std::vector<engine::index_t>& extents, const E& e, xt::xarray<T>& storage,
-                        const std::string& whose) {
+const T* parameter_data(const std::string& what, const engine::axis_names& axes, const engine::extents& extents,
+                        const E& e, std::optional<xt::xarray<T>>& storage, const std::string& whose) {
     using X = std::decay_t<E>;
     if constexpr (has_memory<X> && std::is_same_v<std::decay_t<typename X::value_type>, T>) {
         const auto shape = shape_of(e);
@@ -191,8 +192,8 @@ const T* parameter_data(const std::string& what, const std::vector<std::string>&
         }
         if (row_major) return e.data() + e.data_offset();
     }
-    storage = packed_checked<T>(what, axes, extents, e, whose);
-    return storage.data();
+    storage.emplace(packed_checked<T>(what, axes, extents, e, whose));
+    return storage->data();
 }
 
 

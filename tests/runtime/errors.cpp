@@ -84,3 +84,34 @@ TEST_CASE("plans: every norm on every layout is a short pattern of kept and redu
     CHECK(pattern(describe<group_norm<>>(), {"N", "H", "W", "C"}, {8, 5, 5, 16}, 4) ==
           "[keep N, reduce H*W, keep G(C), reduce C/G]");
 }
+
+TEST_CASE("more than eight axes is an error, not a crash") {
+    xt::xarray<float> x = xt::zeros<float>({1, 1, 1, 1, 1, 1, 1, 1, 2});
+    dynamic_inputs<float> in;
+    const std::vector<std::string_view> nine{"A", "B", "C", "E", "F", "G", "H", "T", "D"};
+    CHECK_INVALID(forward_dynamic<float>(describe<layer_norm>(), nine, x, in), "tensors of rank > 8 are not supported");
+    const std::vector<engine::index_t> shape(9, 2);
+    CHECK_INVALID(engine::bind(describe<layer_norm>(), nine, shape.data(), 9), "9 axis names: tensors of rank > 8 are not supported");
+    engine::fixed_vector<int, 2> v{1, 2};
+    CHECK_THROWS_WITH_AS(v.push_back(3), doctest::Contains("rank > 8 are not supported"), std::length_error);
+}
+
+TEST_CASE("the engine's in-place vectors and loop names copy, assign and clear like std::vector and std::string") {
+    engine::axis_names a{std::string(40, 'a'), "b"};
+    engine::axis_names b = a;
+    b[0] += "!";
+    CHECK(a[0] == std::string(40, 'a'));
+    CHECK(b[0] == std::string(40, 'a') + "!");
+    a = b;
+    CHECK((a.size() == 2 && a[0] == b[0] && a[1] == "b"));
+    a.clear();
+    CHECK(a.empty());
+    a.push_back("c");
+    CHECK((a.size() == 1 && a.back() == "c"));
+    engine::loop_label l("N");
+    for (int i = 0; i < 40; ++i) l += "*H";
+    CHECK(l.view().size() == 63);
+    CHECK(l.str().substr(0, 5) == "N*H*H");
+    CHECK(l.str().substr(60) == "...");
+    CHECK(engine::loop_label("G(C)").str() == "G(C)");
+}

@@ -39,7 +39,7 @@ struct backward_context {
     const spec_desc& spec;
     const backward_args<T>& a;
     loop_dim inner;
-    std::vector<loop_dim> R;
+    loop_dims R;
     double inv_n;
     index_t group = 1;  // lanes per statistic: 1, or C/G for GroupNorm's channels-last grouped columns
     index_t gstat = 0;  // with group > 1, the statistic step from one group of lanes to the next
@@ -134,7 +134,7 @@ inline double residue_of(const T* x, index_t n, T m) {
 /// Rows [r0, r1) of R in blocks that stay in cache (at most 64 rows and about 16 K values of
 /// each array): block(rows, count) per block.
 template <class Block>
-void column_blocks(const std::vector<loop_dim>& R, index_t r0, index_t r1, index_t n, Block&& block) {
+void column_blocks(const loop_dims& R, index_t r0, index_t r1, index_t n, Block&& block) {
     constexpr index_t most = 64;
     const index_t per = std::max<index_t>(1, std::min<index_t>(most, 16384 / std::max<index_t>(n, 1)));
     offsets rows[most];
@@ -487,8 +487,8 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         inner.sstat = 0;
     }
     const outer_loops outer = outer_of(p.fused, grouped ? 2 : 1);
-    const std::vector<loop_dim>& K = outer.K;
-    const std::vector<loop_dim>& R = outer.R;
+    const loop_dims& K = outer.K;
+    const loop_dims& R = outer.R;
     const index_t nk = count_of(K), nr = count_of(R), n = inner.extent;
     const index_t lanes = inner.reduced ? 1 : n;  // statistics per kept index
     const index_t ss = inner.reduced ? 0 : inner.sstat;

@@ -113,7 +113,7 @@ namespace detail {
 /// f(pointers, count) over the rows of R[r0, r1) (row r at base + r.x), `per` rows at a time;
 /// rows is reused storage for the pointers.
 template <class T, class F>
-void for_row_batches(const std::vector<loop_dim>& R, index_t r0, index_t r1, const T* base, index_t per,
+void for_row_batches(const loop_dims& R, index_t r0, index_t r1, const T* base, index_t per,
                      std::vector<const T*>& rows, F&& f) {
     rows.clear();
     for_range(R, r0, r1, [&](const offsets& r) {
@@ -127,7 +127,7 @@ void for_row_batches(const std::vector<loop_dim>& R, index_t r0, index_t r1, con
 /// blocks of rows that stay in L1; mean and m2 are reset first; returns the row count.
 /// rows is reused storage for the block's row pointers.
 template <bool Rms, class T>
-double column_moments(const std::vector<loop_dim>& R, index_t r0, index_t r1, const T* base, index_t n, index_t s,
+double column_moments(const loop_dims& R, index_t r0, index_t r1, const T* base, index_t n, index_t s,
                       double* mean, double* m2, std::vector<const T*>& rows) {
     const index_t block = std::max<index_t>(1, std::min<index_t>(64, 16384 / std::max<index_t>(n, 1)));
     std::fill(mean, mean + n, 0.0);
@@ -142,7 +142,7 @@ double column_moments(const std::vector<loop_dim>& R, index_t r0, index_t r1, co
 /// chunk's worth at a time in one set of vector sums, instead of one horizontal sum and one
 /// merge per run. runs is reused storage for their pointers.
 template <bool Rms, class T>
-void runs_moments(const std::vector<loop_dim>& R, index_t r0, index_t r1, const T* base, index_t n, index_t s, moments& m,
+void runs_moments(const loop_dims& R, index_t r0, index_t r1, const T* base, index_t n, index_t s, moments& m,
                   std::vector<const T*>& runs) {
     if (s != 1 || 2 * n > chunk)
         return for_range(R, r0, r1, [&](const offsets& r) { accumulate_run<Rms>(base + r.x, n, s, m); });
@@ -155,8 +155,8 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
     std::vector<moments> out(static_cast<std::size_t>(stat_count));
     const loop_dim inner = p.stats.back();
     const outer_loops outer = outer_of(p.stats, 1);
-    const std::vector<loop_dim>& K = outer.K;
-    const std::vector<loop_dim>& R = outer.R;
+    const loop_dims& K = outer.K;
+    const loop_dims& R = outer.R;
     const index_t nk = count_of(K), nr = count_of(R), n = inner.extent;
     const index_t per_k = inner.reduced ? 1 : n;
 
@@ -216,7 +216,10 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
 /// x - mu is exact, where x * sc - mean * sc, or a float mean alone, would cost 1e-4 of y.
 template <class T>
 struct coefficients {
-    std::vector<T> mu, sc, sh;
+    std::vector<T> store;  // one allocation for the three (sh starts at zero)
+    T *mu, *sc, *sh;
+    explicit coefficients(index_t n)
+        : store(std::size_t(3 * n), T(0)), mu(store.data()), sc(mu + n), sh(sc + n) {}
 };
 
 /// One innermost run: mu/sc/sh step ss, g/bt step sp (g, bt nullptr: none). The kernels' lambdas
@@ -315,7 +318,7 @@ struct wrapped_coefficients {
 
 /// Rows of R that lie back to back, each a contiguous kept run with a statistic per lane
 /// (BatchNorm, InstanceNorm and GroupNorm on channels-last data): they form one flat run.
-inline bool flat_columns(const std::vector<loop_dim>& R, const loop_dim& inner) {
+inline bool flat_columns(const loop_dims& R, const loop_dim& inner) {
     return R.size() == 1 && R[0].reduced && R[0].sx == inner.extent && R[0].sy == inner.extent && !inner.reduced &&
            inner.sx == 1 && inner.sy == 1 && inner.sstat == 1;
 }
@@ -344,7 +347,7 @@ inline void apply_flat_stores(bool stream, const T* x, T* y, index_t b, index_t 
 /// and the parameters already at one kept index's offsets): back-to-back rows of columns as one
 /// flat run, anything else run by run.
 template <class T>
-void apply_rows_of(bool stream, const std::vector<loop_dim>& R, index_t r0, index_t r1, const loop_dim& inner, const T* x, T* y,
+void apply_rows_of(bool stream, const loop_dims& R, index_t r0, index_t r1, const loop_dim& inner, const T* x, T* y,
                    const T* mu, const T* sc, const T* sh, const T* g, const T* bt) {
     const index_t n = inner.extent;
     if (flat_columns(R, inner) && g == nullptr)
@@ -359,10 +362,10 @@ void apply_rows_of(bool stream, const std::vector<loop_dim>& R, index_t r0, inde
 template <bool Stream, class T>
 void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const T* g, const T* bt, int nt) {
     const loop_dim inner = p.apply.back();
-    const std::vector<loop_dim> outer(p.apply.begin(), p.apply.end() - 1);
+    const loop_dims outer(p.apply.begin(), p.apply.end() - 1);
     const index_t no = count_of(outer), n = inner.extent;
     if (flat_columns(outer, inner) && g == nullptr) {  // BatchNorm on NHWC: lane = position mod n
-        const wrapped_coefficients<T> w(k.mu.data(), k.sc.data(), k.sh.data(), n);
+        const wrapped_coefficients<T> w(k.mu, k.sc, k.sh, n);
         team(nt, [&] {
             const auto [b, e] = split(no * n, thread_id(), team_size());
             apply_flat<Stream>(x, y, b, e, n, w);
@@ -377,8 +380,8 @@ void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const 
         const auto [ib, ie] = split_outer ? std::pair<index_t, index_t>{0, n} : split(n, t, team);
         for_range(outer, ob, oe, [&](const offsets& o) {
             const index_t s = o.stat + ib * inner.sstat;
-            apply_run<Stream>(x + o.x + ib * inner.sx, y + o.y + ib * inner.sy, ie - ib, inner.sx, inner.sy, k.mu.data() + s,
-                              k.sc.data() + s, k.sh.data() + s, inner.sstat, g ? g + o.param + ib * inner.sparam : nullptr,
+            apply_run<Stream>(x + o.x + ib * inner.sx, y + o.y + ib * inner.sy, ie - ib, inner.sx, inner.sy, k.mu + s,
+                              k.sc + s, k.sh + s, inner.sstat, g ? g + o.param + ib * inner.sparam : nullptr,
                               bt ? bt + o.param + ib * inner.sparam : nullptr, inner.sparam);
         });
         if constexpr (Stream) simd::fence();
@@ -451,7 +454,7 @@ struct group_blocking {
 /// f(kk, g0, g1) for the (kept index of K, block of groups [g0, g1)) pairs [b, e) of
 /// count_of(K) * bl.count: the work one thread of the group-block kernels takes.
 template <class F>
-void for_group_blocks(const std::vector<loop_dim>& K, const group_blocking& bl, index_t groups, index_t b, index_t e, F&& f) {
+void for_group_blocks(const loop_dims& K, const group_blocking& bl, index_t groups, index_t b, index_t e, F&& f) {
     for (index_t w = b; w < e; ++w) {
         const index_t g0 = (w % bl.count) * bl.per;
         for_range(K, w / bl.count, w / bl.count + 1, [&](const offsets& kk) { f(kk, g0, std::min(g0 + bl.per, groups)); });
@@ -503,8 +506,8 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
                            Known&& known) {
     const loop_dim member = p.fused.back(), gd = p.fused[p.fused.size() - 2];
     const outer_loops outer = outer_of(p.fused, 2);
-    const std::vector<loop_dim>& K = outer.K;
-    const std::vector<loop_dim>& R = outer.R;
+    const loop_dims& K = outer.K;
+    const loop_dims& R = outer.R;
     const index_t nk = count_of(K), nr = count_of(R), cg = member.extent, groups = gd.extent, n = cg * groups;
     // per-channel coefficients of kept index kk from its channels' moments
     auto coefficients_of = [&](const offsets& kk, double count, const double* mean, const double* m2, T* cm, T* csc, T* csh) {
@@ -571,8 +574,8 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
     if (group_blocks(p)) return fused_group_blocks<Rms>(p, x, y, k, g, bt, nt, stream, known);
     const loop_dim inner = p.fused.back();
     const outer_loops outer = outer_of(p.fused, 1);
-    const std::vector<loop_dim>& K = outer.K;
-    const std::vector<loop_dim>& R = outer.R;
+    const loop_dims& K = outer.K;
+    const loop_dims& R = outer.R;
     const index_t nk = count_of(K), nr = count_of(R), n = inner.extent;
     const index_t per_k = inner.reduced ? 1 : n;
     const index_t ss = inner.reduced ? 0 : inner.sstat;
@@ -581,7 +584,7 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
     team(nt, [&] {
         const auto [kb, ke] = split(nk, thread_id(), team_size());
         // the columns' work space, only when the inner loop is kept
-        std::vector<moments> acc(per_k);
+        std::vector<moments> acc(row_blocks ? 0 : per_k);
         std::vector<double> mean(inner.reduced ? 0 : n), m2(mean.size());
         std::vector<const T*> rows;
         if (row_blocks) {  // blocks of rows: the statistics of each, then one sweep for all of them
@@ -621,8 +624,8 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
                 for (index_t j = 0; j < n; ++j) acc[j].template merge<Rms>(count, mean[j], m2[j]);
             }
             for (index_t j = 0; j < per_k; ++j) known(kk.stat + j * ss, acc[j], kk.param + j * inner.sparam);
-            apply_rows_of<T>(stream, R, 0, nr, inner, x + kk.x, y + kk.y, k.mu.data() + kk.stat, k.sc.data() + kk.stat,
-                             k.sh.data() + kk.stat, g ? g + kk.param : nullptr, bt ? bt + kk.param : nullptr);
+            apply_rows_of<T>(stream, R, 0, nr, inner, x + kk.x, y + kk.y, k.mu + kk.stat, k.sc + kk.stat,
+                             k.sh + kk.stat, g ? g + kk.param : nullptr, bt ? bt + kk.param : nullptr);
         });
         if (stream) simd::fence();
     });
@@ -689,10 +692,10 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
 
 /// The loops a call runs, for people: pattern, loop order, vector loop, sweeps, threads, stores.
 inline std::string explain(const plan& p, const decision& d) {
-    auto dims = [](const std::vector<loop_dim>& v) {
+    auto dims = [](const loop_dims& v) {
         std::string s;
         for (auto& L : v)
-            s += "    " + std::string(L.reduced ? "reduce " : "keep   ") + L.name + "  extent " + std::to_string(L.extent) +
+            s += "    " + std::string(L.reduced ? "reduce " : "keep   ") + L.name.str() + "  extent " + std::to_string(L.extent) +
                  ", x stride " + std::to_string(L.sx) + "\n";
         return s;
     };
@@ -701,16 +704,16 @@ inline std::string explain(const plan& p, const decision& d) {
     std::string s = "pattern: " + p.pattern() + "\n";
     s += "loops, outer to inner:\n" + dims(loops);
     if (d.grouped_columns)
-        s += "vector loop: " + loops[loops.size() - 2].name + "*" + inner.name + " (contiguous channels, kept: one column per lane)\n";
+        s += "vector loop: " + loops[loops.size() - 2].name.str() + "*" + inner.name.str() + " (contiguous channels, kept: one column per lane)\n";
     else
-        s += "vector loop: " + inner.name + (inner.sx == 1 ? " (contiguous" : " (strided: scalar") +
+        s += "vector loop: " + inner.name.str() + (inner.sx == 1 ? " (contiguous" : " (strided: scalar") +
              std::string(inner.reduced ? ", reduced: one statistic per run)" : ", kept: one statistic per lane)") + "\n";
     if (d.grouped_columns)
         s += "sweeps: per kept index, per-channel column moments over the reduced rows, merged per group, then "
              "y = x * scale_c + shift_c (a second read of x, from cache when a kept index's data fits in 1 MiB)\n";
     else if (d.group_blocks)
-        s += "sweeps: per block of " + loops[loops.size() - 2].name + " (its data within 256 KiB): the moments of each " +
-             loops[loops.size() - 2].name + "'s short runs, then each row's span of the block as one flat run (x read once, "
+        s += "sweeps: per block of " + loops[loops.size() - 2].name.str() + " (its data within 256 KiB): the moments of each " +
+             loops[loops.size() - 2].name.str() + "'s short runs, then each row's span of the block as one flat run (x read once, "
              "y written in order)\n";
     else if (d.fused)
         s += "sweeps: fused per kept index: statistics, then normalize while its data is in cache (x read once)\n";
@@ -754,7 +757,7 @@ void forward(const spec_desc& spec, const binding& b, const forward_args<T>& a) 
 
     if (total == 0) return;  // an empty kept axis: no statistic, nothing to normalize
     const auto n = static_cast<std::size_t>(b.stat_count);
-    detail::coefficients<T> k{std::vector<T>(n), std::vector<T>(n), std::vector<T>(n, T(0))};
+    detail::coefficients<T> k(b.stat_count);
     const bool stream = d.stream;
     const T* gp = has_params && !p.fold ? g : nullptr;  // parameters left for the normalize sweep
     const T* bp = has_params && !p.fold ? bt : nullptr;

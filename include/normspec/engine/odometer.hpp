@@ -14,7 +14,7 @@ struct offsets {
     index_t x = 0, y = 0, stat = 0, param = 0, dy = 0;
 };
 
-inline index_t count_of(const std::vector<loop_dim>& dims) {
+inline index_t count_of(const loop_dims& dims) {
     index_t n = 1;
     for (auto& d : dims) n *= d.extent;
     return n;
@@ -23,9 +23,9 @@ inline index_t count_of(const std::vector<loop_dim>& dims) {
 /// The loops outside the `inner` innermost ones of dims, sorted into kept (K) and reduced (R),
 /// each in loop order.
 struct outer_loops {
-    std::vector<loop_dim> K, R;
+    loop_dims K, R;
 };
-inline outer_loops outer_of(const std::vector<loop_dim>& dims, std::size_t inner) {
+inline outer_loops outer_of(const loop_dims& dims, std::size_t inner) {
     outer_loops o;
     for (std::size_t i = 0; i + inner < dims.size(); ++i) (dims[i].reduced ? o.R : o.K).push_back(dims[i]);
     return o;
@@ -33,7 +33,7 @@ inline outer_loops outer_of(const std::vector<loop_dim>& dims, std::size_t inner
 
 /// Calls f(offsets) for flat indices [begin, end) of dims (row-major, last dim fastest).
 template <class F>
-void for_range(const std::vector<loop_dim>& dims, index_t begin, index_t end, F&& f) {
+void for_range(const loop_dims& dims, index_t begin, index_t end, F&& f) {
     if (begin >= end) return;
     const int n = static_cast<int>(dims.size());
     std::array<index_t, max_rank + 1> idx{};

@@ -22,22 +22,25 @@
 namespace normspec::engine {
 
 /// How one spec meets one tensor's names and extents.
+/// the axis names a tensor is bound with, in layout order
+using axis_views = fixed_vector<std::string_view, max_rank>;
+
 struct binding {
     int rank = 0;
-    std::vector<std::string_view> names;
+    axis_views names;
     std::array<index_t, max_rank> shape{};
     std::array<bool, max_rank> reduced{};
     int group_dim = -1;  // tensor dim split by groups<>, or -1
     index_t groups = 1;
-    std::vector<int> stat_dims;  // tensor dims indexing the statistics, layout order
-    std::vector<index_t> stat_shape;
-    std::vector<std::string> stat_names;
-    std::vector<int> param_dims;  // tensor dim of each parameter axis, canonical order
-    std::vector<index_t> param_shape;
+    fixed_vector<int, max_rank> stat_dims;  // tensor dims indexing the statistics, layout order
+    extents stat_shape;
+    axis_names stat_names;
+    fixed_vector<int, max_rank> param_dims;  // tensor dim of each parameter axis, canonical order
+    extents param_shape;
     index_t reduction_count = 1, stat_count = 1, param_count = 1;
 };
 
-inline std::string tensor_names(const std::vector<std::string_view>& names) {
+inline std::string tensor_names(const axis_views& names) {
     std::string s = "<";
     for (auto& n : names) s += (s.size() > 1 ? "," : "") + std::string(n);
     return s + ">";
@@ -45,7 +48,7 @@ inline std::string tensor_names(const std::vector<std::string_view>& names) {
 
 [[noreturn]] inline void fail(const std::string& what) { throw std::invalid_argument("normspec: " + what); }
 
-inline binding bind(const spec_desc& spec, const std::vector<std::string_view>& names, const index_t* shape,
+inline binding bind(const spec_desc& spec, const axis_views& names, const index_t* shape,
                     int rank, index_t runtime_groups = 0) {
     binding b;
     if (static_cast<int>(names.size()) != rank)
@@ -113,48 +116,88 @@ inline binding bind(const spec_desc& spec, const std::vector<std::string_view>& 
     return b;
 }
 
+/// The same for names in a std::vector (the dynamic front end, the CLI)
+inline binding bind(const spec_desc& spec, const std::vector<std::string_view>& names, const index_t* shape, int rank,
+                    index_t runtime_groups = 0) {
+    if (names.size() > std::size_t(max_rank))
+        fail(std::to_string(names.size()) + " axis names: tensors of rank > 8 are not supported");
+    return engine::bind(spec, axis_views(names.begin(), names.end()), shape, rank, runtime_groups);
+}
+
 /// Throws unless `actual` (rank `actual_rank`) has the extents `expected` on the axes `axes`:
 /// "gamma axis C has extent 32 but the tensor's axis C has extent 64".
-inline void check_extents(const std::string& what, const std::vector<std::string>& axes,
-                          const std::vector<index_t>& expected, const index_t* actual, int actual_rank,
-                          const std::string& whose) {
-    std::string want;
-    for (auto& a : axes) want += (want.empty() ? "" : ",") + a;
+inline void check_extents(const std::string& what, const axis_names& axes, const extents& expected, const index_t* actual,
+                          int actual_rank, const std::string& whose) {
+    auto want = [&] {
+        std::string w;
+        for (auto& a : axes) w += (w.empty() ? "" : ",") + a;
+        return w;
+    };
     if (actual_rank != static_cast<int>(expected.size()))
         fail(what + " has " + std::to_string(actual_rank) + " dimensions but must have " + std::to_string(expected.size()) +
-             " (axes <" + want + ">)");
+             " (axes <" + want() + ">)");
     for (std::size_t i = 0; i < expected.size(); ++i)
         if (actual[i] != expected[i])
             fail(what + " axis " + axes[i] + " has extent " + std::to_string(actual[i]) + " but " + whose + " axis " + axes[i] +
                  " has extent " + std::to_string(expected[i]));
 }
 
-inline std::vector<std::string> param_axis_names(const binding& b) {
-    std::vector<std::string> v;
-    for (int d : b.param_dims) v.emplace_back(b.names[d]);
+inline axis_names param_axis_names(const binding& b) {
+    axis_names v;
+    for (int d : b.param_dims) v.push_back(std::string(b.names[d]));
     return v;
 }
+
+/// A loop's name in a printed plan ("N*H*W", "G(C)"), held in place so that loop dims copy
+/// without allocating; past 63 characters it ends in "...".
+class loop_label {
+public:
+    loop_label() = default;
+    loop_label(std::string_view s) { *this += s; }
+    loop_label(const std::string& s) : loop_label(std::string_view(s)) {}
+    loop_label(const char* s) : loop_label(std::string_view(s)) {}
+    loop_label& operator+=(std::string_view s) {
+        for (char c : s) {
+            if (n_ == cap) {
+                s_[cap - 3] = s_[cap - 2] = s_[cap - 1] = '.';
+                break;
+            }
+            s_[n_++] = c;
+        }
+        return *this;
+    }
+    std::string_view view() const { return {s_, n_}; }
+    std::string str() const { return std::string(view()); }
+
+private:
+    static constexpr std::size_t cap = 63;
+    char s_[cap] = {};
+    unsigned char n_ = 0;
+};
 
 /// One loop of a nest: extent and the step it makes in x, y, the statistics and the parameters.
 struct loop_dim {
     index_t extent = 1, sx = 0, sy = 0, sstat = 0, sparam = 0;
     bool reduced = false;
-    std::string name;
+    loop_label name;
     index_t sdy = 0;  // the step in dy (backward); x's step when there is no dy
 };
 
+/// A loop nest: at most one loop per tensor dim, plus one where groups split a dim
+using loop_dims = fixed_vector<loop_dim, max_rank + 1>;
+
 struct plan {
-    std::vector<loop_dim> stats;  // statistics sweep, outer to inner
-    std::vector<loop_dim> apply;  // normalize sweep, outer to inner
-    std::vector<loop_dim> fused;  // both sweeps per kept index: every stride consistent
-    std::vector<loop_dim> kept;   // kept dims before coalescing: maps statistics to parameters
+    loop_dims stats;  // statistics sweep, outer to inner
+    loop_dims apply;  // normalize sweep, outer to inner
+    loop_dims fused;  // both sweeps per kept index: every stride consistent
+    loop_dims kept;   // kept dims before coalescing: maps statistics to parameters
     bool fold = false;            // gamma/beta folded into per-statistic scale and shift
     bool has_params = false;
 
     /// "[reduce N, keep C, reduce H*W]"
     std::string pattern() const {
         std::string s = "[";
-        for (auto& d : stats) s += (s.size() > 1 ? ", " : "") + std::string(d.reduced ? "reduce " : "keep ") + d.name;
+        for (auto& d : stats) s += (s.size() > 1 ? ", " : "") + std::string(d.reduced ? "reduce " : "keep ") + d.name.str();
         return s + "]";
     }
 };
@@ -162,13 +205,13 @@ struct plan {
 namespace detail {
 inline index_t abs_stride(index_t s) { return s < 0 ? -s : s; }
 
-inline std::vector<loop_dim> coalesce(std::vector<loop_dim> dims, bool by_role, bool by_param) {
+inline loop_dims coalesce(loop_dims dims, bool by_role, bool by_param) {
     // by decreasing |x stride|, ties in their order: an insertion sort, as there are at most
     // max_rank + 1 dims (std::stable_sort allocates a buffer: without it a 1x16 LayerNorm forward
     // measured 1.2x faster, same run)
     for (std::size_t i = 1; i < dims.size(); ++i)
         for (std::size_t j = i; j > 0 && abs_stride(dims[j - 1].sx) < abs_stride(dims[j].sx); --j) std::swap(dims[j - 1], dims[j]);
-    std::vector<loop_dim> out;
+    loop_dims out;
     for (auto& d : dims) {
         if (!out.empty()) {
             loop_dim& o = out.back();
@@ -182,7 +225,8 @@ inline std::vector<loop_dim> coalesce(std::vector<loop_dim> dims, bool by_role, 
                 o.sstat = d.sstat;
                 o.sparam = d.sparam;
                 o.sdy = d.sdy;
-                o.name += "*" + d.name;
+                o.name += "*";
+                o.name += d.name.view();
                 continue;
             }
         }
@@ -211,7 +255,7 @@ plan make_plan(const binding& b, const strided<TX>& x, const strided<TY>& y, boo
             s *= b.param_shape[i];
         }
     }
-    std::vector<loop_dim> dims;
+    loop_dims dims;
     for (int d = 0; d < b.rank; ++d) {
         const std::string name(b.names[d]);
         if (d == b.group_dim) {

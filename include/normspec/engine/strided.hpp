@@ -6,6 +6,8 @@
 
 #include <array>
 #include <cstddef>
+#include <initializer_list>
+#include <new>
 #include <stdexcept>
 #include <string>
 
@@ -13,6 +15,63 @@ namespace normspec::engine {
 
 inline constexpr int max_rank = 8;
 using index_t = std::ptrdiff_t;
+
+/// At most N values held in place, with the vector operations the engine uses: the loop dims,
+/// extents and axis names of one call never exceed the rank limit, and a small call's fixed cost
+/// was largely malloc and free (35 allocations for a 1x16 LayerNorm before these).
+template <class T, std::size_t N>
+class fixed_vector {
+public:
+    fixed_vector() {}  // no values constructed: a small call makes many of these
+    fixed_vector(std::initializer_list<T> values) : fixed_vector(values.begin(), values.end()) {}
+    template <class It>
+    fixed_vector(It first, It last) {
+        for (; first != last; ++first) push_back(T(*first));
+    }
+    explicit fixed_vector(std::size_t n, const T& value = T()) {
+        for (std::size_t i = 0; i < n; ++i) push_back(value);
+    }
+    fixed_vector(const fixed_vector& o) : fixed_vector(o.begin(), o.end()) {}
+    fixed_vector& operator=(const fixed_vector& o) {
+        if (this != &o) {
+            clear();
+            for (const T& v : o) push_back(v);
+        }
+        return *this;
+    }
+    ~fixed_vector() { clear(); }
+    std::size_t size() const { return n_; }
+    bool empty() const { return n_ == 0; }
+    T* data() { return v_; }
+    const T* data() const { return v_; }
+    T* begin() { return v_; }
+    T* end() { return v_ + n_; }
+    const T* begin() const { return v_; }
+    const T* end() const { return v_ + n_; }
+    T& operator[](std::size_t i) { return v_[i]; }
+    const T& operator[](std::size_t i) const { return v_[i]; }
+    T& back() { return v_[n_ - 1]; }
+    const T& back() const { return v_[n_ - 1]; }
+    void push_back(const T& value) {
+        if (n_ == N) throw std::length_error("normspec: more than " + std::to_string(N) + " axes or loops (tensors of rank > 8 are not supported)");
+        ::new (static_cast<void*>(v_ + n_)) T(value);
+        ++n_;
+    }
+    void clear() {
+        for (std::size_t i = 0; i < n_; ++i) v_[i].~T();
+        n_ = 0;
+    }
+
+private:
+    union {
+        T v_[N];  // the first n_ constructed
+    };
+    std::size_t n_ = 0;
+};
+
+/// extents of one tensor, axis names of one tensor
+using extents = fixed_vector<index_t, max_rank>;
+using axis_names = fixed_vector<std::string, max_rank>;
 
 template <class T>
 struct strided {
