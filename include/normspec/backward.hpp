@@ -25,16 +25,13 @@ struct is_backward_keyword
 }  // namespace kw
 
 namespace detail {
-/// Fills engine arguments for the saved statistics (anything with .mean and .rstd), checking their extents.
+/// Fills engine arguments for the saved statistics (anything with .mean and .rstd), checking their
+/// extents: their own memory when row-major in T (what forward() returns), else copies.
 template <class T, class Saved>
-void saved_into(const engine::binding& b, bool rms, const Saved& saved, xt::xarray<T>& mean, xt::xarray<T>& rstd,
-                engine::backward_args<T>& a) {
-    rstd = packed_checked<T>("saved rstd", b.stat_names, b.stat_shape, saved.rstd, "the statistics'");
-    a.rstd = rstd.data();
-    if (!rms) {
-        mean = packed_checked<T>("saved mean", b.stat_names, b.stat_shape, saved.mean, "the statistics'");
-        a.mean = mean.data();
-    }
+void saved_into(const engine::binding& b, bool rms, const Saved& saved, std::optional<xt::xarray<T>>& mean,
+                std::optional<xt::xarray<T>>& rstd, engine::backward_args<T>& a) {
+    a.rstd = parameter_data<T>("saved rstd", b.stat_names, b.stat_shape, saved.rstd, rstd, "the statistics'");
+    if (!rms) a.mean = parameter_data<T>("saved mean", b.stat_names, b.stat_shape, saved.mean, mean, "the statistics'");
 }
 }  // namespace detail
 
@@ -70,16 +67,15 @@ auto backward(S, const named_tensor<E, A...>& xn, const DY& dy, const saved_stat
                                                S::runtime_groups && K > 0 ? groups : 0);
         const engine::axis_names xnames{std::string(A::name)...};
         // dy: its own memory when it has it, in T
-        xt::xarray<T> dy_copy;
+        std::optional<xt::xarray<T>> dy_copy;
         if constexpr (detail::has_memory<DY> && std::is_same_v<std::decay_t<typename DY::value_type>, T>) {
             engine::check_extents("dy", xnames, detail::shape_of(xe), detail::shape_of(dy).data(), int(dy.dimension()), "x's");
             args.dy = detail::lower<const T>(dy);
         } else {
-            dy_copy = detail::packed_checked<T>("dy", xnames, detail::shape_of(xe), dy, "x's");
-            args.dy = detail::lower<const T>(dy_copy);
+            dy_copy.emplace(detail::packed_checked<T>("dy", xnames, detail::shape_of(xe), dy, "x's"));
+            args.dy = detail::lower<const T>(*dy_copy);
         }
-        xt::xarray<T> mean, rstd;
-        std::optional<xt::xarray<T>> gp;
+        std::optional<xt::xarray<T>> mean, rstd, gp;
         detail::saved_into<T>(b, S::is_rms, saved, mean, rstd, args);
         auto&& g_kw = kw::find<kw::is_gamma>(detail::none{}, kws...);
         if constexpr (!std::is_same_v<std::decay_t<decltype(g_kw)>, detail::none>)
@@ -88,15 +84,15 @@ auto backward(S, const named_tensor<E, A...>& xn, const DY& dy, const saved_stat
         backward_result<T, R, P> res;
         auto&& o_kw = kw::find<kw::is_out>(detail::none{}, kws...);
         using OK = std::decay_t<decltype(o_kw)>;
-        xt::xarray<T> dx_tmp;
+        std::optional<xt::xarray<T>> dx_tmp;  // for an out() without memory of its own
         if constexpr (!std::is_same_v<OK, detail::none>) {
             using O = std::decay_t<decltype(o_kw.e)>;
             engine::check_extents("out", xnames, detail::shape_of(xe), detail::shape_of(o_kw.e).data(), int(o_kw.e.dimension()), "x's");
             if constexpr (detail::has_memory<O> && std::is_same_v<std::decay_t<typename O::value_type>, T>) {
                 args.dx = detail::lower<T>(o_kw.e);
             } else {
-                dx_tmp = xt::xarray<T>::from_shape(xe.shape());
-                args.dx = detail::lower<T>(dx_tmp);
+                dx_tmp.emplace(xt::xarray<T>::from_shape(xe.shape()));
+                args.dx = detail::lower<T>(*dx_tmp);
             }
         } else {
             std::array<std::size_t, R> shape{};
@@ -116,7 +112,7 @@ auto backward(S, const named_tensor<E, A...>& xn, const DY& dy, const saved_stat
         }
         engine::backward(desc, b, args);
         if constexpr (!std::is_same_v<OK, detail::none>) {
-            if (args.dx.data == dx_tmp.data()) o_kw.e = dx_tmp;  // the out() had no memory of its own
+            if (dx_tmp) o_kw.e = *dx_tmp;
         }
         return res;
     }

@@ -94,8 +94,7 @@ dynamic_gradients<T> backward_dynamic(const spec_desc& spec, const std::vector<s
     const engine::axis_names xnames(names.begin(), names.end());
     engine::check_extents("dy", xnames, detail::shape_of(x), detail::shape_of(dy).data(), int(dy.dimension()), "x's");
     a.dy = detail::lower<const T>(dy);
-    xt::xarray<T> mean, rstd;
-    std::optional<xt::xarray<T>> gp;
+    std::optional<xt::xarray<T>> mean, rstd, gp;
     detail::saved_into<T>(b, spec.rms, saved, mean, rstd, a);
     if (in.gamma) a.gamma = detail::parameter_data<T>("gamma", engine::param_axis_names(b), b.param_shape, *in.gamma, gp, "the tensor's");
     a.constant_stats = spec.couples_batch && in.run_mode == mode::eval;

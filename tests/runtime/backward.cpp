@@ -324,6 +324,27 @@ TEST_CASE("backward in float keeps 2e-5 on data at 1e4 + N(0,1) on every kernel 
     }
 }
 
+TEST_CASE("backward in float keeps 2e-5 on data at 1e4 + N(0,1) in LayerNorm's blocks of rows (gamma along the row)") {
+    // the sums are taken about the saved (rounded) means and shifted to the exact ones after:
+    // sum gy * xhat and, per element, dgamma. 11 rows: blocks of 4 and a partial one; 37 and 301
+    // values: whole vectors and a masked tail
+    for (std::size_t d : {37, 301}) {
+        CAPTURE(d);
+        const xt::xarray<double> xd = th::randn({11, d}, 1e4), dyd = th::randn({11, d}), gd = th::randn({d}, 1.0);
+        xt::xtensor<float, 2> x = xt::cast<float>(xd), dy = xt::cast<float>(dyd);
+        xt::xtensor<double, 2> x64 = xt::cast<double>(x), dy64 = xt::cast<double>(dy);
+        xt::xtensor<float, 1> g = xt::cast<float>(gd), bt = xt::zeros<float>({d});
+        xt::xtensor<double, 1> g64 = xt::cast<double>(g), bt64 = xt::zeros<double>({d});
+        auto r = forward(layer_norm{}, named<T, D>(x), gamma(g), beta(bt));
+        auto r64 = forward(layer_norm{}, named<T, D>(x64), gamma(g64), beta(bt64));
+        auto b = backward(layer_norm{}, named<T, D>(x), dy, r, gamma(g));
+        auto b64 = backward(layer_norm{}, named<T, D>(x64), dy64, r64, gamma(g64));
+        CHECK(th::rel_err(b.dx, b64.dx) < 2e-5);
+        CHECK(th::rel_err(b.dgamma, b64.dgamma) < 2e-5);
+        CHECK(th::rel_err(b.dbeta, b64.dbeta) < 2e-5);
+    }
+}
+
 namespace {
 // BatchNorm on each layout, for the out-of-cache test
 struct streamed_nhwc {

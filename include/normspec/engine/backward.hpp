@@ -322,24 +322,31 @@ struct row_coefficients {
     T mhi = 0, mlo = 0, rs = 0, c1 = 0, c2 = 0;
 };
 
-/// NB rows whose parameters lie along the row (LayerNorm, RMSNorm), in one sweep: each row's sums
-/// of gy and gy * xhat into s1[r], s2[r], and the block's dy * xhat and dy added to pg and pb
-/// (nullptr: not wanted), whose vectors are loaded and stored once for all NB rows. g nullptr: 1.
+/// NB rows whose parameters lie along the row (LayerNorm, RMSNorm), in one sweep, about each
+/// row's saved mean rc[r].mhi: the sums of gy and gy * xhat' (xhat' = (x - mhi) * rs) into s1[r],
+/// s2[r], the residue sum (x - mhi) into s3[r], and the block's dy * xhat' and dy added to pg and
+/// pb (nullptr: not wanted), whose vectors are loaded and stored once for all NB rows. g nullptr:
+/// 1. The caller corrects these to the exact mean (exact_mean_shift), so x is read once here.
 template <int NB, class T>
 void rows_sums(const T* const* x, const T* const* dy, index_t n, const row_coefficients<T>* rc, const T* g, T* pg, T* pb,
-               double* s1, double* s2) {
+               double* s1, double* s2, double* s3) {
     using V = simd::vec<T>;
     constexpr index_t L = simd::width<T>;
-    V a[NB], b[NB], mh[NB], ml[NB], rs[NB];
-    for (int r = 0; r < NB; ++r) a[r] = b[r] = V(T(0)), mh[r] = V(rc[r].mhi), ml[r] = V(rc[r].mlo), rs[r] = V(rc[r].rs);
+    V a[NB], b[NB], c[NB], mh[NB], rs[NB];
+    for (int r = 0; r < NB; ++r) a[r] = b[r] = c[r] = V(T(0)), mh[r] = V(rc[r].mhi), rs[r] = V(rc[r].rs);
     auto step = [&]<bool Tail>(index_t i, index_t t) {
         const V gv = g ? load_at<Tail>(g, i, t) : V(T(1));
         V ag = pg ? load_at<Tail>((const T*)pg, i, t) : V(T(0)), ab = pb ? load_at<Tail>((const T*)pb, i, t) : V(T(0));
 #pragma GCC unroll 4
         for (int r = 0; r < NB; ++r) {
-            const V d = load_at<Tail>(dy[r], i, t), xh = ((load_at<Tail>(x[r], i, t) - mh[r]) - ml[r]) * rs[r], gy = d * gv;
+            // masked lanes load 0, so their x - mhi is -mhi: kept out of the residue
+            const V d = load_at<Tail>(dy[r], i, t), xc = load_at<Tail>(x[r], i, t) - mh[r], xh = xc * rs[r], gy = d * gv;
             a[r] += gy;
             b[r] = xsimd::fma(gy, xh, b[r]);
+            if constexpr (Tail)
+                c[r] += xsimd::select(simd::lanes_below<T>(t), xc, V(T(0)));
+            else
+                c[r] += xc;
             ag = xsimd::fma(d, xh, ag);
             ab += d;
         }
@@ -349,7 +356,8 @@ void rows_sums(const T* const* x, const T* const* dy, index_t n, const row_coeff
     index_t i = 0;
     for (; i + L <= n; i += L) step.template operator()<false>(i, L);
     if (i < n) step.template operator()<true>(i, n - i);  // masked lanes load 0: d = 0 adds nothing
-    for (int r = 0; r < NB; ++r) s1[r] = double(xsimd::hadd(a[r])), s2[r] = double(xsimd::hadd(b[r]));
+    for (int r = 0; r < NB; ++r)
+        s1[r] = double(xsimd::hadd(a[r])), s2[r] = double(xsimd::hadd(b[r])), s3[r] = double(xsimd::hadd(c[r]));
 }
 
 /// dgamma and dbeta from nt threads' parts of pc values each
@@ -431,27 +439,39 @@ void backward_group_blocks(const spec_desc& spec, const plan& p, const backward_
 }
 
 /// dx of NB rows whose parameters lie along the row, one load of each gamma vector for all of them.
+/// k not nullptr: pg (the block's dgamma) loses k[r] * dy of each row r, in the same sweep (the
+/// shift from rows_sums' saved means to the exact ones).
 template <int NB, class T>
-void rows_dx(const T* const* x, const T* const* dy, T* const* dx, index_t n, const row_coefficients<T>* rc, const T* g) {
+void rows_dx(const T* const* x, const T* const* dy, T* const* dx, index_t n, const row_coefficients<T>* rc, const T* g,
+             const T* k, T* pg) {
     using V = simd::vec<T>;
     constexpr index_t L = simd::width<T>;
     V mh[NB], ml[NB], rs[NB], c1[NB], c2[NB];
     for (int r = 0; r < NB; ++r)
         mh[r] = V(rc[r].mhi), ml[r] = V(rc[r].mlo), rs[r] = V(rc[r].rs), c1[r] = V(rc[r].c1), c2[r] = V(rc[r].c2);
-    auto step = [&]<bool Tail>(index_t i, index_t t) {
+    auto step = [&]<bool Correct, bool Tail>(index_t i, index_t t) {
         const V gv = g ? load_at<Tail>(g, i, t) : V(T(1));
         V v[NB];  // every row's loads before any store (rows 4 KiB apart alias)
+        V ag = Correct ? load_at<Tail>((const T*)pg, i, t) : V(T(0));
 #pragma GCC unroll 4
         for (int r = 0; r < NB; ++r) {
-            const V xh = ((load_at<Tail>(x[r], i, t) - mh[r]) - ml[r]) * rs[r];
-            v[r] = xsimd::fnma(xh, c2[r], load_at<Tail>(dy[r], i, t) * gv - c1[r]) * rs[r];
+            const V xh = ((load_at<Tail>(x[r], i, t) - mh[r]) - ml[r]) * rs[r], d = load_at<Tail>(dy[r], i, t);
+            v[r] = xsimd::fnma(xh, c2[r], d * gv - c1[r]) * rs[r];
+            if constexpr (Correct) ag = xsimd::fnma(V(k[r]), d, ag);
         }
 #pragma GCC unroll 4
         for (int r = 0; r < NB; ++r) store_at<Tail>(dx[r], i, t, v[r]);
+        if constexpr (Correct) store_at<Tail>(pg, i, t, ag);
     };
-    index_t i = 0;
-    for (; i + L <= n; i += L) step.template operator()<false>(i, L);
-    if (i < n) step.template operator()<true>(i, n - i);
+    auto sweep = [&]<bool Correct>() {
+        index_t i = 0;
+        for (; i + L <= n; i += L) step.template operator()<Correct, false>(i, L);
+        if (i < n) step.template operator()<Correct, true>(i, n - i);
+    };
+    if (k && pg)
+        sweep.template operator()<true>();
+    else
+        sweep.template operator()<false>();
 }
 
 }  // namespace detail
@@ -682,36 +702,45 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             const T* dys[NB];
             T* dxs[NB];
             detail::row_coefficients<T> rc[NB];
-            double s1[NB], s2[NB];
+            double s1[NB], s2[NB], s3[NB];
             for (int r = 0; r < nb; ++r) {
                 const offsets& kk = block[r];
                 xs[r] = X + kk.x, dys[r] = DY + kk.dy, dxs[r] = DX + kk.y;
-                double m = a.mean ? double(a.mean[kk.stat]) : 0.0;
-                if (a.mean && !a.constant_stats) {  // the exact mean, from x and the rounded saved one
-                    const T mt = T(m);
-                    m = double(mt) + detail::residue_of(xs[r], n, mt) * inv_n;
-                }
-                rc[r].mhi = T(m), rc[r].mlo = T(m - double(rc[r].mhi)), rc[r].rs = a.rstd[kk.stat];
+                rc[r].mhi = a.mean ? a.mean[kk.stat] : T(0), rc[r].mlo = T(0), rc[r].rs = a.rstd[kk.stat];
             }
             const index_t pb = block[0].param;
             const T* g = a.gamma ? a.gamma + pb : nullptr;
             T* pg = dgT.empty() || !dg ? nullptr : dgT.data() + pb;
             T* pbt = dbT.empty() || !db ? nullptr : dbT.data() + pb;
             switch (nb) {
-                case 4: detail::rows_sums<4>(xs, dys, n, rc, g, pg, pbt, s1, s2); break;
-                case 3: detail::rows_sums<3>(xs, dys, n, rc, g, pg, pbt, s1, s2); break;
-                case 2: detail::rows_sums<2>(xs, dys, n, rc, g, pg, pbt, s1, s2); break;
-                case 1: detail::rows_sums<1>(xs, dys, n, rc, g, pg, pbt, s1, s2); break;
+                case 4: detail::rows_sums<4>(xs, dys, n, rc, g, pg, pbt, s1, s2, s3); break;
+                case 3: detail::rows_sums<3>(xs, dys, n, rc, g, pg, pbt, s1, s2, s3); break;
+                case 2: detail::rows_sums<2>(xs, dys, n, rc, g, pg, pbt, s1, s2, s3); break;
+                case 1: detail::rows_sums<1>(xs, dys, n, rc, g, pg, pbt, s1, s2, s3); break;
             }
+            // the sums were about the saved mean, rounded to T; the exact one is that plus
+            // delta = residue / N, and xhat = xhat' - delta * rstd: so sum gy * xhat loses
+            // delta * rstd * sum gy here, and dgamma loses delta * rstd * dy in the dx sweep
+            const bool exact_mean = a.mean && !a.constant_stats;
+            T k[NB];
             for (int r = 0; r < nb; ++r) {
+                double kr = 0;
+                if (exact_mean) {
+                    const double delta = s3[r] * inv_n, m = double(rc[r].mhi) + delta;
+                    kr = delta * double(rc[r].rs);
+                    s2[r] -= kr * s1[r];
+                    rc[r].mhi = T(m), rc[r].mlo = T(m - double(rc[r].mhi));
+                }
+                k[r] = T(kr);
                 rc[r].c1 = spec.rms || a.constant_stats ? T(0) : T(s1[r] * inv_n);
                 rc[r].c2 = a.constant_stats ? T(0) : T(s2[r] * inv_n);
             }
+            const T* kp = exact_mean ? k : nullptr;
             switch (nb) {
-                case 4: detail::rows_dx<4>(xs, dys, dxs, n, rc, g); break;
-                case 3: detail::rows_dx<3>(xs, dys, dxs, n, rc, g); break;
-                case 2: detail::rows_dx<2>(xs, dys, dxs, n, rc, g); break;
-                case 1: detail::rows_dx<1>(xs, dys, dxs, n, rc, g); break;
+                case 4: detail::rows_dx<4>(xs, dys, dxs, n, rc, g, kp, pg); break;
+                case 3: detail::rows_dx<3>(xs, dys, dxs, n, rc, g, kp, pg); break;
+                case 2: detail::rows_dx<2>(xs, dys, dxs, n, rc, g, kp, pg); break;
+                case 1: detail::rows_dx<1>(xs, dys, dxs, n, rc, g, kp, pg); break;
             }
             if ((pending += nb) >= 64) flush_params();
             nb = 0;
