@@ -11,6 +11,7 @@ peer. Every number comes from the JSON: nothing is typed in.
 """
 import argparse
 import json
+import statistics
 import math
 import os
 import platform
@@ -21,21 +22,26 @@ PEERS = ["onednn", "libtorch", "handwritten", "xtensor"]
 
 
 def load(path):
+    """Per case and implementation: the median over the run's repetitions (one when it had none)
+    of the time and of the GB/s."""
     with open(path) as f:
         data = json.load(f)
-    cases = defaultdict(dict)
+    runs = defaultdict(list)
     for b in data["benchmarks"]:
         if b.get("error_occurred") or b.get("run_type") == "aggregate":
             continue
         name = b["name"].split("/min_time")[0]
         parts = name.split("/")
         op, norm, layout, shape, impl, threads = parts[:6]
-        key = (op, norm, layout, shape, threads)
+        runs[((op, norm, layout, shape, threads), impl)].append(b)
+    cases = defaultdict(dict)
+    for (key, impl), bs in runs.items():
         cases[key][impl] = {
-            "time": b["real_time"],
-            "gbps": b.get("bytes_per_second", 0.0) / 1e9,
-            "out_of_cache": bool(b.get("out_of_cache", 0)),
-            "model_bytes": b.get("model_bytes", 0.0),
+            "time": statistics.median(b["real_time"] for b in bs),
+            "gbps": statistics.median(b.get("bytes_per_second", 0.0) for b in bs) / 1e9,
+            "out_of_cache": bool(bs[0].get("out_of_cache", 0)),
+            "model_bytes": bs[0].get("model_bytes", 0.0),
+            "repetitions": len(bs),
         }
     return data.get("context", {}), cases
 
@@ -210,6 +216,11 @@ def write_markdown(path, context, rows, command, cli, cases):
         out.write(f"- vector instructions: {vector_isa()} (this project's programs are built with -march=native; xsimd "
                   "batches take the widest set; the peers dispatch at run time)\n")
         out.write(f"- command: `{command}`\n")
+        reps = max((i.get("repetitions", 1) for impls in cases.values() for i in impls.values()), default=1)
+        if reps > 1:
+            out.write(f"- timing: each figure is the median of {reps} repetitions, run in random order across the whole "
+                      "run (Google Benchmark's random interleaving), so a burst of load on this shared machine moves one "
+                      "repetition, not the figure; the ratios compare medians from the same run\n")
         out.write("- Debian's libbenchmark prints that it was built as DEBUG: that is the harness library itself; the "
                   "timed code is this project's Release build and the peers' packaged libraries.\n")
         out.write("- peers at their best: outputs preallocated where the API allows (normspec, handwritten, xtensor, "
