@@ -1,5 +1,6 @@
-// normspec: the zoo's aliases on raw buffers through xt::adapt, output preallocated; bwd runs
-// backward() from the statistics of one training-mode forward, dx into a preallocated buffer.
+// normspec: the zoo's aliases on raw buffers through xt::adapt (made once per runner), output
+// preallocated; bwd runs backward() from the statistics of one training-mode forward, dx into a
+// preallocated buffer.
 #include "bench.hpp"
 
 #include <normspec/normspec.hpp>
@@ -8,61 +9,60 @@
 namespace {
 using namespace normspec;
 
+/// xt::adapt over a float buffer with a given shape, the type every tensor below has
+using view = decltype(xt::adapt(static_cast<float*>(nullptr), std::size_t(0), xt::no_ownership(), std::vector<std::size_t>{}));
+inline view adapt(const float* p, std::size_t n, std::vector<std::size_t> shape) {
+    return xt::adapt(const_cast<float*>(p), n, xt::no_ownership(), std::move(shape));
+}
+
 template <class Spec, class... A>
 struct ns_runner : bench::owned_output {
     int threads;
-    std::vector<std::size_t> shape;
-    ns_runner(const bench::bench_case& c_, bench::op o_, int t, const bench::inputs& in_) : owned_output(c_, o_, in_), threads(t) {
+    std::vector<std::size_t> shape, pshape;
+    // the tensors are adapted once, as oneDNN's memory objects are made once: a call then costs
+    // what the library does, not the harness's shape copies
+    view x, y, dy, g, b, rmv, rvv;
+    ns_runner(const bench::bench_case& c_, bench::op o_, int t, const bench::inputs& in_)
+        : owned_output(c_, o_, in_), threads(t), shape(layout_shape(c_)), pshape(param_shape(c_, in_)),
+          x(adapt(in.x.data(), in.x.size(), shape)), y(adapt(out.data(), out.size(), shape)),
+          dy(adapt(in.dy.data(), in.dy.size(), shape)), g(adapt(in.gamma.data(), in.gamma.size(), pshape)),
+          b(adapt(in.beta.data(), in.beta.size(), pshape)), rmv(adapt(rm.data(), rm.size(), {rm.size()})),
+          rvv(adapt(rv.data(), rv.size(), {rv.size()})) {}
+    static std::vector<std::size_t> layout_shape(const bench::bench_case& c) {
         if (c.shape.size() == 4 && c.nhwc())
-            shape = {std::size_t(c.shape[0]), std::size_t(c.shape[2]), std::size_t(c.shape[3]), std::size_t(c.shape[1])};
-        else
-            shape.assign(c.shape.begin(), c.shape.end());
+            return {std::size_t(c.shape[0]), std::size_t(c.shape[2]), std::size_t(c.shape[3]), std::size_t(c.shape[1])};
+        return {c.shape.begin(), c.shape.end()};
+    }
+    static std::vector<std::size_t> param_shape(const bench::bench_case& c, const bench::inputs& in) {
+        if (c.norm == "layer_norm_cnn") return {std::size_t(c.shape[1]), std::size_t(c.shape[2]), std::size_t(c.shape[3])};
+        return {std::size_t(in.param_size)};
     }
     using saved_t = saved_stats<float, Spec::template stat_axes<A...>::size>;
     saved_t saved;  // bwd: the statistics of a training-mode forward, taken once
 
-    template <class X, class G>
-    auto backward_into(const X& x, const G& g) {
-        auto dy = xt::adapt(in.dy.data(), in.dy.size(), xt::no_ownership(), shape);
-        auto dx = xt::adapt(out.data(), out.size(), xt::no_ownership(), shape);
-        if constexpr (Spec::has_gamma)
-            return backward(Spec{}, named<A...>(x), dy, saved, gamma(g), normspec::out(dx), normspec::threads(this->threads));
-        else
-            return backward(Spec{}, named<A...>(x), dy, saved, normspec::out(dx), normspec::threads(this->threads));
-    }
-
     void run() override {
         if (o == bench::op::bwd) {
-            auto x = xt::adapt(in.x.data(), in.x.size(), xt::no_ownership(), shape);
-            std::vector<std::size_t> pshape{std::size_t(in.param_size)};
-            if (c.norm == "layer_norm_cnn") pshape = {std::size_t(c.shape[1]), std::size_t(c.shape[2]), std::size_t(c.shape[3])};
-            auto g = xt::adapt(in.gamma.data(), in.gamma.size(), xt::no_ownership(), pshape);
             if (saved.rstd.size() == 0) {  // first call: the forward, in training mode
                 o = bench::op::fwd_train;
                 run();
                 o = bench::op::bwd;
             }
-            backward_into(x, g);
+            // dx into the output buffer (y's view)
+            if constexpr (Spec::has_gamma)
+                backward(Spec{}, named<A...>(x), dy, saved, gamma(g), normspec::out(y), normspec::threads(threads));
+            else
+                backward(Spec{}, named<A...>(x), dy, saved, normspec::out(y), normspec::threads(threads));
             return;
         }
-        auto x = xt::adapt(in.x.data(), in.x.size(), xt::no_ownership(), shape);
-        auto y = xt::adapt(out.data(), out.size(), xt::no_ownership(), shape);
-        std::vector<std::size_t> pshape{std::size_t(in.param_size)};
-        if (c.norm == "layer_norm_cnn") pshape = {std::size_t(c.shape[1]), std::size_t(c.shape[2]), std::size_t(c.shape[3])};
-        auto g = xt::adapt(in.gamma.data(), in.gamma.size(), xt::no_ownership(), pshape);
-        auto b = xt::adapt(in.beta.data(), in.beta.size(), xt::no_ownership(), pshape);
         const auto mode_ = o == bench::op::fwd_train ? mode::train : mode::eval;
-        if constexpr (Spec::has_running_stats) {
-            auto m = xt::adapt(rm.data(), rm.size(), xt::no_ownership(), std::vector<std::size_t>{rm.size()});
-            auto v = xt::adapt(rv.data(), rv.size(), xt::no_ownership(), std::vector<std::size_t>{rv.size()});
-            saved = forward(Spec{}, named<A...>(x), gamma(g), beta(b), running(m, v), mode_, normspec::out(y), normspec::threads(this->threads));
-        } else if constexpr (Spec::runtime_groups) {
-            saved = forward(Spec{}, named<A...>(x), gamma(g), beta(b), num_groups(c.groups), mode_, normspec::out(y), normspec::threads(this->threads));
-        } else if constexpr (Spec::has_beta) {
-            saved = forward(Spec{}, named<A...>(x), gamma(g), beta(b), mode_, normspec::out(y), normspec::threads(this->threads));
-        } else {
-            saved = forward(Spec{}, named<A...>(x), gamma(g), mode_, normspec::out(y), normspec::threads(this->threads));
-        }
+        if constexpr (Spec::has_running_stats)
+            saved = forward(Spec{}, named<A...>(x), gamma(g), beta(b), running(rmv, rvv), mode_, normspec::out(y), normspec::threads(threads));
+        else if constexpr (Spec::runtime_groups)
+            saved = forward(Spec{}, named<A...>(x), gamma(g), beta(b), num_groups(c.groups), mode_, normspec::out(y), normspec::threads(threads));
+        else if constexpr (Spec::has_beta)
+            saved = forward(Spec{}, named<A...>(x), gamma(g), beta(b), mode_, normspec::out(y), normspec::threads(threads));
+        else
+            saved = forward(Spec{}, named<A...>(x), gamma(g), mode_, normspec::out(y), normspec::threads(threads));
     }
 };
 
