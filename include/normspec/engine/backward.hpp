@@ -579,7 +579,10 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         const int t = thread_id(), team = team_size();
         double* dg = pc ? &dg_parts[std::size_t(t) * pc] : nullptr;
         double* db = pc ? &db_parts[std::size_t(t) * pc] : nullptr;
-        std::vector<double> sum_gy(lanes), sum_gy_xhat(lanes), mean(lanes);
+        // the strided fallback's work space (none for the vector kernels: a small call's
+        // allocations are a good part of its cost)
+        const std::size_t fallback = vector_rows || vector_columns ? 0 : std::size_t(lanes);
+        std::vector<double> sum_gy(fallback), sum_gy_xhat(fallback), mean(fallback);
         // ---- vector kernels for contiguous runs (x, dy, dx all step 1 along the innermost loop) ----
         using V = simd::vec<T>;
         constexpr index_t L = simd::width<T>;
