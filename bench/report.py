@@ -261,23 +261,27 @@ def write_markdown(path, context, rows, command, cli, cases):
         out.write("What the measurements behind these shortfalls showed (profiles with `perf`, and normspec against itself "
                   "before and after each change, in one run):\n\n"
                   "- LayerNorm rows in cache: per row one statistics pass and one normalize pass over L1, each bound by the "
-                  "loads and stores of 512-bit vectors; oneDNN's JIT kernel does the same work in about the same time, so "
-                  "these cases sit near 1x rather than at 1.2x. Rows of exactly 4 KiB (2048x1024) vary with where x and y "
-                  "fall relative to each other: with y placed by hand, up to 1.6x between placements of the same call at one thread; "
-                  "loading x a vector ahead removed the worst placement (y 64 bytes past x modulo 4 KiB), not all of them.\n"
+                  "loads and stores of 512-bit vectors and by the chain of latencies from a row's data to its coefficients; "
+                  "oneDNN's JIT kernel does the same work in about the same time, at a large fraction of a plain copy's "
+                  "GB/s (given for each case below, from the same run), which leaves little room for 1.2x over it. These rows vary with where y falls relative to x modulo 4 KiB (up to 1.3x "
+                  "between placements of the same call here, oneDNN's up to 1.2x); sweeping the row downwards when y lies just "
+                  "past x, two blocks of rows in flight, blocks of four rows, and a second thread for 31x301 measured no "
+                  "gain.\n"
                   "- Out of cache, a fused kernel reads a kept index's slab and then normalizes it; per core the two phases "
-                  "do not overlap their memory traffic, which keeps most fused cases at 0.3 to 0.7 of copy_nt. Software "
-                  "prefetch of the next block of rows, and streaming stores for the LayerNorm backward's dx, measured no "
+                  "do not overlap their memory traffic. Software prefetch of the next slab or block of rows (forward "
+                  "planes, backward column sums and rows), and streaming stores for the LayerNorm backward's dx, measured no "
                   "change beyond the noise.\n"
                   "- Small cases (31x301) carry the fixed cost of a call and, per row, a chain of dependent latencies from the "
                   "row's data to its coefficients. The loop dims, extents and axis names of a call are now held in place (3 "
-                  "allocations per call where there were 30: the saved statistics and the coefficients), and that chain has "
-                  "no divide left; measured against the code before both, interleaved in one run, a 1x16 LayerNorm call "
-                  "is 2.4x faster and a 31x301 one 1.28x.\n"
-                  "- BatchNorm on NHWC, backward: the sums need the whole batch before any dx, so x and dy are read twice "
-                  "(from L3 for 8x256x32x32, from memory for 32x64x56x56).\n"
-                  "- The machine is shared: a peer's time for the same call moved by a factor of 2 to 5 between runs (libtorch's "
-                  "GroupNorm and BatchNorm on small planes), so cases near 1x move across it from run to run.\n\n")
+                  "allocations per forward call where there were 30: the saved statistics and the coefficients), and that "
+                  "chain has no divide left; measured against the code before both, interleaved in one run, a 1x16 LayerNorm "
+                  "call is 2.4x faster and a 31x301 one 1.28x.\n"
+                  "- BatchNorm on NHWC, backward: the sums need the whole batch before any dx, so x and dy are read twice. "
+                  "dx now streams once x, dy and dx pass half the L3 (8x256x32x32: 1.2-1.5x faster), so the second read "
+                  "finds x and dy in cache.\n"
+                  "- The machine is shared: the same call moves by 1.5-2x between runs, on normspec and the peers alike; "
+                  "each figure here is the median of three repetitions in random order, which steadies the ratios but does "
+                  "not remove that.\n\n")
         short = {}
         for title, part, target in split_ops(rows):
             t = totals(part, target) if part else None
@@ -288,6 +292,12 @@ def write_markdown(path, context, rows, command, cli, cases):
         for key, r in sorted(short.items()):
             peer = (f"{r['vs_fastest']:.2f} of {r['fastest_peer']}" if r.get("fastest_peer") and r.get("vs_fastest") == r.get("vs_fastest")
                     else "no peer has this kernel")
+            impls = cases.get(key, {})
+            fp = r.get("fastest_peer")
+            if fp in impls and "memcpy" in impls and peer != "no peer has this kernel":
+                # how close the peer itself is to a plain copy, in the same run (its GB/s under the
+                # traffic model over memcpy's, as `of copy_nt` is for normspec)
+                peer += f" (which reached {impls[fp]['gbps'] / impls['memcpy']['gbps']:.2f} of memcpy's GB/s)"
             out.write(f"- `{'/'.join(key)}`: {peer}, {r.get('limit_fraction', float('nan')):.2f} of copy_nt. Plan: {plan_facts(r, cli)}\n")
 
 
