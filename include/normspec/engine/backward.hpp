@@ -326,7 +326,7 @@ struct row_coefficients {
 /// row's saved mean rc[r].mhi: the sums of gy and gy * xhat' (xhat' = (x - mhi) * rs) into s1[r],
 /// s2[r], the residue sum (x - mhi) into s3[r], and the block's dy * xhat' and dy added to pg and
 /// pb (nullptr: not wanted), whose vectors are loaded and stored once for all NB rows. g nullptr:
-/// 1. The caller corrects these to the exact mean (exact_mean_shift), so x is read once here.
+/// 1. The caller (flush_rows in backward()) shifts these to the exact mean, so x is read once here.
 template <int NB, class T>
 void rows_sums(const T* const* x, const T* const* dy, index_t n, const row_coefficients<T>* rc, const T* g, T* pg, T* pb,
                double* s1, double* s2, double* s3) {

@@ -21,10 +21,10 @@
 
 namespace normspec::engine {
 
-/// How one spec meets one tensor's names and extents.
 /// the axis names a tensor is bound with, in layout order
 using axis_views = fixed_vector<std::string_view, max_rank>;
 
+/// How one spec meets one tensor's names and extents.
 struct binding {
     int rank = 0;
     axis_views names;
