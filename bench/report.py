@@ -280,7 +280,7 @@ def write_markdown(path, context, rows, command, cli, cases):
                   "chain has no divide left; measured against the code before both, interleaved in one run, a 1x16 LayerNorm "
                   "call is 2.4x faster and a 31x301 one 1.28x.\n"
                   "- BatchNorm on NHWC, backward: the sums need the whole batch before any dx, so x and dy are read twice. "
-                  "dx now streams once x, dy and dx pass half the L3 (8x256x32x32: 1.2-1.5x faster), so the second read "
+                  "dx now streams once x, dy and dx pass half the L3 (BatchNorm 8x256x32x32: 1.2-1.7x faster at one thread), so the second read "
                   "finds x and dy in cache.\n"
                   "- The machine is shared: the same call moves by 1.5-2x between runs, on normspec and the peers alike; "
                   "each figure here is the median of three repetitions in random order, which steadies the ratios but does "

@@ -494,8 +494,9 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     // dx with streaming stores once x, dy and dx together pass half the last-level cache: written
     // through the cache, dx's lines evict x and dy before the second sweep reads them again (the
     // L3 is shared with the other cores of its complex). Measured in one run, streaming against
-    // not: 24 MiB (BatchNorm 8x256x32x32, NCHW and NHWC) 1.5-2.0x faster at one thread, 1.5x at
-    // two; 15.7 MiB (1x320x64x64) 0.7-1.2x, so those stay cached.
+    // not, alternating the order, six samples each: 24 MiB (8x256x32x32) BatchNorm and GroupNorm,
+    // NCHW and NHWC, 1.2-1.7x faster at one thread, 1.1-1.2x at two; 15.7 MiB (1x320x64x64)
+    // 0.7-1.2x, so those stay cached.
     const bool stream = 3.0 * double(total) * sizeof(T) > 0.5 * detail::llc_bytes();
     if (detail::group_blocks(p) && p.fused[fd - 1].sdy == 1 && p.fused[fd - 2].sdy == p.fused[fd - 1].extent &&
         p.fused[fd - 1].sparam == 0 && std::all_of(p.fused.begin(), p.fused.end() - 2, [](const loop_dim& d) { return !d.reduced || d.sparam == 0; }))
