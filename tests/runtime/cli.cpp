@@ -21,13 +21,19 @@ struct cli_run {
     std::string err;
 };
 
-fs::path scratch() {
-    static fs::path dir = [] {
-        auto d = fs::temp_directory_path() / ("normspec_cli_" + std::to_string(::getpid()));
-        fs::create_directories(d);
-        return d;
-    }();
-    return dir;
+/// A directory of this process's own, removed with everything in it when the tests exit.
+struct scratch_dir {
+    fs::path path = fs::temp_directory_path() / ("normspec_cli_" + std::to_string(::getpid()));
+    scratch_dir() { fs::create_directories(path); }
+    ~scratch_dir() {
+        std::error_code ec;  // a failed clean-up must not turn a passing run into a crash
+        fs::remove_all(path, ec);
+    }
+};
+
+const fs::path& scratch() {
+    static const scratch_dir dir;
+    return dir.path;
 }
 
 cli_run normspec_cli(const std::string& args) {
