@@ -328,12 +328,17 @@ struct row_coefficients {
 /// pb (nullptr: not wanted), whose vectors are loaded and stored once for all NB rows. g nullptr:
 /// 1. The caller (flush_rows in backward()) shifts these to the exact mean, so x is read once here.
 template <int NB, class T>
-void rows_sums(const T* const* x, const T* const* dy, index_t n, const row_coefficients<T>* rc, const T* g, T* pg, T* pb,
+void rows_sums(const T* const* xp, const T* const* dyp, index_t n, const row_coefficients<T>* rc, const T* g, T* pg, T* pb,
                double* s1, double* s2, double* s3) {
     using V = simd::vec<T>;
     constexpr index_t L = simd::width<T>;
     V a[NB], b[NB], c[NB], mh[NB], rs[NB];
-    for (int r = 0; r < NB; ++r) a[r] = b[r] = c[r] = V(T(0)), mh[r] = V(rc[r].mhi), rs[r] = V(rc[r].rs);
+    // the row pointers copied here: read through the caller's arrays, they would be reloaded after
+    // every store to dgamma and dbeta (a store may alias them)
+    const T* x[NB];
+    const T* dy[NB];
+    for (int r = 0; r < NB; ++r)
+        a[r] = b[r] = c[r] = V(T(0)), mh[r] = V(rc[r].mhi), rs[r] = V(rc[r].rs), x[r] = xp[r], dy[r] = dyp[r];
     auto step = [&]<bool Tail>(index_t i, index_t t) {
         const V gv = g ? load_at<Tail>(g, i, t) : V(T(1));
         V ag = pg ? load_at<Tail>((const T*)pg, i, t) : V(T(0)), ab = pb ? load_at<Tail>((const T*)pb, i, t) : V(T(0));
@@ -442,13 +447,18 @@ void backward_group_blocks(const spec_desc& spec, const plan& p, const backward_
 /// k not nullptr: pg (the block's dgamma) loses k[r] * dy of each row r, in the same sweep (the
 /// shift from rows_sums' saved means to the exact ones).
 template <int NB, class T>
-void rows_dx(const T* const* x, const T* const* dy, T* const* dx, index_t n, const row_coefficients<T>* rc, const T* g,
+void rows_dx(const T* const* xp, const T* const* dyp, T* const* dxp, index_t n, const row_coefficients<T>* rc, const T* g,
              const T* k, T* pg) {
     using V = simd::vec<T>;
     constexpr index_t L = simd::width<T>;
-    V mh[NB], ml[NB], rs[NB], c1[NB], c2[NB];
-    for (int r = 0; r < NB; ++r)
+    V mh[NB], ml[NB], rs[NB], c1[NB], c2[NB], kv[NB];
+    const T* x[NB];  // local copies, as in rows_sums: the stores to dx would reload them otherwise
+    const T* dy[NB];
+    T* dx[NB];
+    for (int r = 0; r < NB; ++r) {
         mh[r] = V(rc[r].mhi), ml[r] = V(rc[r].mlo), rs[r] = V(rc[r].rs), c1[r] = V(rc[r].c1), c2[r] = V(rc[r].c2);
+        kv[r] = V(k ? k[r] : T(0)), x[r] = xp[r], dy[r] = dyp[r], dx[r] = dxp[r];
+    }
     auto step = [&]<bool Correct, bool Tail>(index_t i, index_t t) {
         const V gv = g ? load_at<Tail>(g, i, t) : V(T(1));
         V v[NB];  // every row's loads before any store (rows 4 KiB apart alias)
@@ -457,7 +467,7 @@ void rows_dx(const T* const* x, const T* const* dy, T* const* dx, index_t n, con
         for (int r = 0; r < NB; ++r) {
             const V xh = ((load_at<Tail>(x[r], i, t) - mh[r]) - ml[r]) * rs[r], d = load_at<Tail>(dy[r], i, t);
             v[r] = xsimd::fnma(xh, c2[r], d * gv - c1[r]) * rs[r];
-            if constexpr (Correct) ag = xsimd::fnma(V(k[r]), d, ag);
+            if constexpr (Correct) ag = xsimd::fnma(kv[r], d, ag);
         }
 #pragma GCC unroll 4
         for (int r = 0; r < NB; ++r) store_at<Tail>(dx[r], i, t, v[r]);
