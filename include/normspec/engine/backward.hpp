@@ -365,17 +365,28 @@ void rows_sums(const T* const* xp, const T* const* dyp, index_t n, const row_coe
         s1[r] = double(xsimd::hadd(a[r])), s2[r] = double(xsimd::hadd(b[r])), s3[r] = double(xsimd::hadd(c[r]));
 }
 
-/// dgamma and dbeta from nt threads' parts of pc values each
-template <class T>
-void write_param_parts(const backward_args<T>& a, const std::vector<double>& dg_parts, const std::vector<double>& db_parts,
-                       std::size_t pc, int nt) {
-    for (std::size_t i = 0; i < pc; ++i) {
-        double g = 0, bsum = 0;
-        for (int t = 0; t < nt; ++t) g += dg_parts[std::size_t(t) * pc + i], bsum += db_parts[std::size_t(t) * pc + i];
-        if (a.dgamma) a.dgamma[i] = T(g);
-        if (a.dbeta) a.dbeta[i] = T(bsum);
+/// Each thread's dgamma and dbeta sums, pc values each in double, in one allocation (thread t's
+/// dgamma, then its dbeta), merged once at the end.
+class param_parts {
+    std::size_t pc_;
+    std::vector<double> v_;
+
+public:
+    param_parts(int nt, std::size_t pc) : pc_(pc), v_(2 * std::size_t(nt) * pc, 0.0) {}
+    double* dg(int t) { return pc_ ? &v_[2 * std::size_t(t) * pc_] : nullptr; }
+    double* db(int t) { return pc_ ? &v_[(2 * std::size_t(t) + 1) * pc_] : nullptr; }
+    /// dgamma and dbeta, the threads' parts added up
+    template <class T>
+    void write(const backward_args<T>& a) const {
+        const std::size_t nt = pc_ ? v_.size() / (2 * pc_) : 0;
+        for (std::size_t i = 0; i < pc_; ++i) {
+            double g = 0, b = 0;
+            for (std::size_t t = 0; t < nt; ++t) g += v_[2 * t * pc_ + i], b += v_[(2 * t + 1) * pc_ + i];
+            if (a.dgamma) a.dgamma[i] = T(g);
+            if (a.dbeta) a.dbeta[i] = T(b);
+        }
     }
-}
+};
 
 /// Planes of short runs in rows too wide for columns (the forward's group_blocks: BatchNorm on
 /// NCHW with 7x7 planes), gamma constant along each run: per block of groups whose x and dy fit
@@ -393,11 +404,11 @@ void backward_group_blocks(const spec_desc& spec, const plan& p, const backward_
     const group_blocking bl(fuse_slab_bytes / 16, sizeof(T), nr, cg, gd.extent);  // 64 KiB of x, of dy
     const bool want = a.dgamma || a.dbeta, exact_mean = a.mean && !a.constant_stats;
     const std::size_t pc = want ? std::size_t(param_count) : 0;
-    std::vector<double> dg_parts(std::size_t(nt) * pc, 0.0), db_parts(dg_parts.size(), 0.0);
+    param_parts param_sums(nt, pc);
     team(nt, [&] {
         const int t = thread_id();
-        double* dg = pc ? &dg_parts[std::size_t(t) * pc] : nullptr;
-        double* db = pc ? &db_parts[std::size_t(t) * pc] : nullptr;
+        double* dg = param_sums.dg(t);
+        double* db = param_sums.db(t);
         const auto [wb, we] = split(nk * bl.count, t, team_size());
         const std::size_t size = std::size_t(bl.per * cg);
         std::vector<T> mh(size), ml(size), rs(size), c1(size), c2(size), gw(size);
@@ -440,7 +451,7 @@ void backward_group_blocks(const spec_desc& spec, const plan& p, const backward_
         });
         if (stream) simd::fence();
     });
-    write_param_parts(a, dg_parts, db_parts, pc, nt);
+    param_sums.write(a);
 }
 
 /// dx of NB rows whose parameters lie along the row, one load of each gamma vector for all of them.
@@ -533,7 +544,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     if (nk < nt) nt = 1;
     const bool want_params = has_params && (a.dgamma || a.dbeta);
     const std::size_t pc = want_params ? std::size_t(b.param_count) : 0;
-    std::vector<double> dg_parts(std::size_t(nt) * pc, 0.0), db_parts(std::size_t(nt) * pc, 0.0);
+    detail::param_parts param_sums(nt, pc);
     const bool contiguous = inner.sx == 1 && inner.sdy == 1 && inner.sy == 1;
     bool params_fixed_per_row = true;  // columns: the lanes' parameters do not change from row to row
     for (auto& d : R)
@@ -588,8 +599,8 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
 
     team(nt, [&] {
         const int t = thread_id(), team = team_size();
-        double* dg = pc ? &dg_parts[std::size_t(t) * pc] : nullptr;
-        double* db = pc ? &db_parts[std::size_t(t) * pc] : nullptr;
+        double* dg = param_sums.dg(t);
+        double* db = param_sums.db(t);
         // the strided fallback's work space (none for the vector kernels: a small call's
         // allocations are a good part of its cost)
         const std::size_t fallback = vector_rows || vector_columns ? 0 : std::size_t(lanes);
@@ -836,7 +847,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         if (pending) flush_params();
         if (stream) simd::fence();
     });
-    detail::write_param_parts(a, dg_parts, db_parts, pc, nt);
+    param_sums.write(a);
 }
 
 }  // namespace normspec::engine
