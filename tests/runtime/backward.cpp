@@ -289,7 +289,7 @@ TEST_CASE("backward on short planes in wide rows (blocks of channels) matches th
 
 TEST_CASE("backward in float keeps 2e-5 on data at 1e4 + N(0,1) on every kernel (saved means are rounded)") {
     // the float pass against the same pass in double; the double pass is checked against PyTorch
-    // and finite differences above. Rows, planes, columns (one and two threads: the split path),
+    // and finite differences above. Blocks of channels, runs of a group, columns (one and two threads: the split path),
     // grouped columns.
     const xt::xarray<double> xd = th::randn({6, 40, 11, 13}, 1e4), dyd = th::randn({6, 40, 11, 13});
     const xt::xarray<double> gd = th::randn({40}, 1.0);
@@ -316,10 +316,10 @@ TEST_CASE("backward in float keeps 2e-5 on data at 1e4 + N(0,1) on every kernel 
     };
     const std::vector<std::size_t> nchw{0, 1, 2, 3}, nhwc{0, 2, 3, 1};
     for (int t : {1, 2}) {
-        check(batch_norm{}, std::tuple<N, C, H, W>{}, nchw, t);     // planes
+        check(batch_norm{}, std::tuple<N, C, H, W>{}, nchw, t);     // blocks of channels (143-value planes)
         check(batch_norm{}, std::tuple<N, H, W, C>{}, nhwc, t);     // columns (split rows with 2)
         check(group_norm<8>{}, std::tuple<N, H, W, C>{}, nhwc, t);  // grouped columns
-        check(group_norm<8>{}, std::tuple<N, C, H, W>{}, nchw, t);  // rows
+        check(group_norm<8>{}, std::tuple<N, C, H, W>{}, nchw, t);  // runs of a group (gamma per run)
         check(instance_norm{}, std::tuple<N, H, W, C>{}, nhwc, t);  // columns per sample
     }
 }

@@ -33,6 +33,27 @@ struct backward_args {
 
 namespace detail {
 
+/// A mean as T's value nearest to it and what rounding to that lost: (x - hi) - lo is x - mean
+/// to T's precision, where x - T(mean) alone would carry the rounding into every xhat.
+template <class T>
+struct mean_pair {
+    T hi, lo;
+    explicit mean_pair(double m) : hi(T(m)), lo(T(m - double(hi))) {}
+};
+
+/// The exact mean of a statistic whose mean was saved rounded to T, recovered in the sweep that
+/// takes the sums: with residue = sum(x - saved) over its N values, mean = saved + delta, delta =
+/// residue / N. A sum taken about the saved mean moves to the exact one by
+/// sum(w * (x - mean)) * scale = sum(w * (x - saved)) * scale - delta * scale * sum(w)
+/// (scale: rstd, for sums of w * xhat).
+struct mean_shift {
+    double delta, mean;
+    mean_shift(double saved, double residue, double inv_n) : delta(residue * inv_n), mean(saved + delta) {}
+    double shifted(double about_saved, double weight_sum, double scale = 1.0) const {
+        return about_saved - delta * scale * weight_sum;
+    }
+};
+
 /// What the backward's kernels share for one call.
 template <class T>
 struct backward_context {
@@ -72,20 +93,12 @@ struct column_lanes {
         for (index_t j = 0; j < n; ++j) {
             const index_t s = kk.stat + (group > 1 ? (j / group) * cx.gstat : j * cx.inner.sstat);
             mean[j] = cx.a.mean ? double(cx.a.mean[s]) : 0.0;
-            mhi[j] = T(mean[j]);
-            mlo[j] = T(mean[j] - double(mhi[j]));
+            const mean_pair<T> m(mean[j]);
+            mhi[j] = m.hi, mlo[j] = m.lo;
             rs[j] = cx.a.rstd[s];
         }
     }
-    /// the exact means: the saved ones plus residue / N (zero residue: the saved ones)
-    void set_means(const double* residue, double inv_n) {
-        residue = group_sums(residue);
-        for (std::size_t j = 0; j < mean.size(); ++j) {
-            const double m = mean[j] + residue[j] * inv_n;
-            mhi[j] = T(m);
-            mlo[j] = T(m - double(mhi[j]));
-        }
-    }
+
     /// The dx coefficients from the sums, and dgamma/dbeta per lane. The sums were taken with the
     /// saved mean, which is rounded to T; residue[j] (nullptr: none) is the sum of x - saved mean
     /// over lane j. The exact mean is the saved one plus delta = residue / N (summed over the
@@ -97,11 +110,12 @@ struct column_lanes {
         if (residue) {
             const double* r = group_sums(residue);
             for (std::size_t j = 0; j < mean.size(); ++j) {
-                const double shift = r[j] * cx.inv_n * double(rs[j]);
-                t2[j] -= shift * t1[j];
-                tg[j] -= shift * tb[j];
+                const mean_shift m(mean[j], r[j], cx.inv_n);
+                t2[j] = m.shifted(t2[j], t1[j], double(rs[j]));
+                tg[j] = m.shifted(tg[j], tb[j], double(rs[j]));
+                const mean_pair<T> p(m.mean);  // dx then uses the exact mean
+                mhi[j] = p.hi, mlo[j] = p.lo;
             }
-            set_means(residue, cx.inv_n);  // dx then uses the exact mean
         }
         std::vector<double> g1;  // the statistic's sums, from its group's lanes
         const double* s1 = t1;
@@ -430,13 +444,14 @@ void backward_group_blocks(const spec_desc& spec, const plan& p, const backward_
                 const T mt = a.mean ? a.mean[st] : T(0);
                 const double rstd = double(a.rstd[st]), gv = a.gamma ? double(a.gamma[pi]) : 1.0;
                 const run_sums& sum = sums[std::size_t(gi - g0)];
-                const double delta = exact_mean ? sum.r * inv_n : 0.0, m = double(mt) + delta;
-                const double q = rstd * (sum.q - delta * sum.d);  // sum dy * xhat about the exact mean
+                const mean_shift m(double(mt), exact_mean ? sum.r : 0.0, inv_n);
+                const double q = rstd * m.shifted(sum.q, sum.d);  // sum dy * xhat about the exact mean
                 if (dg) dg[pi] += q;
                 if (db) db[pi] += sum.d;
                 const auto o = std::ptrdiff_t((gi - g0) * cg);
-                std::fill_n(mh.begin() + o, cg, T(m));
-                std::fill_n(ml.begin() + o, cg, T(m - double(T(m))));
+                const mean_pair<T> mp(m.mean);
+                std::fill_n(mh.begin() + o, cg, mp.hi);
+                std::fill_n(ml.begin() + o, cg, mp.lo);
                 std::fill_n(rs.begin() + o, cg, T(rstd));
                 std::fill_n(c1.begin() + o, cg, spec.rms || a.constant_stats ? T(0) : T(gv * sum.d * inv_n));
                 std::fill_n(c2.begin() + o, cg, a.constant_stats ? T(0) : T(gv * q * inv_n));
@@ -638,10 +653,10 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
                     residue += rs_.r;
                     runs.push_back(rs_);
                 });
-                const double delta = exact_mean ? residue * inv_n : 0.0;
-                m = double(mt) + delta;
+                const detail::mean_shift shift(double(mt), exact_mean ? residue : 0.0, inv_n);
+                m = shift.mean;
                 for (const auto& run : runs) {
-                    const double q = rstd * (run.q - delta * run.d), gv = a.gamma ? double(a.gamma[run.param]) : 1.0;
+                    const double q = rstd * shift.shifted(run.q, run.d), gv = a.gamma ? double(a.gamma[run.param]) : 1.0;
                     sgy += gv * run.d;
                     sgyx += gv * q;
                     if (dg) dg[run.param] += q;
@@ -651,9 +666,10 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
                 const T mt = T(m);
                 double residue = 0;
                 for_range(R, 0, nr, [&](const offsets& r) { residue += detail::residue_of(X + kk.x + r.x, n, mt); });
-                m = double(mt) + residue * inv_n;
+                m = detail::mean_shift(double(mt), residue, inv_n).mean;
             }
-            const T mhi = T(m), mlo = T(m - double(mhi)), rs = T(rstd);
+            const detail::mean_pair<T> mp(m);
+            const T mhi = mp.hi, mlo = mp.lo, rs = T(rstd);
             const V vmhi(mhi), vmlo(mlo), vrs(rs);
             auto xhat = [&](const T* x, index_t i) { return ((V::load_unaligned(x + i) - vmhi) - vmlo) * vrs; };
             auto xhat1 = [&](const T* x, index_t i) { return ((x[i] - mhi) - mlo) * rs; };
@@ -756,10 +772,11 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             for (int r = 0; r < nb; ++r) {
                 double kr = 0;
                 if (exact_mean) {
-                    const double delta = s3[r] * inv_n, m = double(rc[r].mhi) + delta;
-                    kr = delta * double(rc[r].rs);
-                    s2[r] -= kr * s1[r];
-                    rc[r].mhi = T(m), rc[r].mlo = T(m - double(rc[r].mhi));
+                    const detail::mean_shift m(double(rc[r].mhi), s3[r], inv_n);
+                    kr = m.delta * double(rc[r].rs);
+                    s2[r] = m.shifted(s2[r], s1[r], double(rc[r].rs));
+                    const detail::mean_pair<T> p(m.mean);
+                    rc[r].mhi = p.hi, rc[r].mlo = p.lo;
                 }
                 k[r] = T(kr);
                 rc[r].c1 = spec.rms || a.constant_stats ? T(0) : T(s1[r] * inv_n);
