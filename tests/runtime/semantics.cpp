@@ -287,36 +287,52 @@ TEST_CASE("short planes in wide rows (BatchNorm, InstanceNorm on NCHW with 7x7 a
     CHECK(th::rel_err(y, want_big.y) < 2e-6);
 }
 
-TEST_CASE("streaming stores: decided by each thread's share of x and y; LayerNorm rows streamed give the same values") {
-    // rows of an odd width, x and y together past 3/8 of the last-level cache the engine reads
-    // but under 3/4 of it: one thread streams y, two threads (half each) store through the cache
-    const std::size_t width = 1031, rows = std::size_t(0.375 * engine::detail::llc_bytes() / double(2 * sizeof(float) * width)) + 7;
-    REQUIRE(2.0 * sizeof(float) * double(rows * width) < 0.75 * engine::detail::llc_bytes());
-    const spec_desc spec = describe<layer_norm>();
-    const std::vector<std::string_view> names{"T", "D"};
-    const std::vector<engine::index_t> shape{engine::index_t(rows), engine::index_t(width)};
-    const auto b = engine::bind(spec, names, shape.data(), 2, 0);
-    std::vector<float> one(1);
-    const auto view = engine::contiguous(one.data(), shape);
-    const auto p = engine::make_plan(b, view, view, true);
-    CHECK(engine::decide<float>(p, view.size(), 1, 0, false, false).stream);
-    const auto two = engine::decide<float>(p, view.size(), 2, 0, false, false);
-    if (two.threads == 2) CHECK_FALSE(two.stream);
-    CHECK_FALSE(engine::decide<float>(p, view.size(), 1, 0, false, true).stream);  // in place: never
-
-    xt::xtensor<float, 2> x = xt::cast<float>(xt::reshape_view(th::randn({rows * width}, 1.0, 2.0), std::array<std::size_t, 2>{rows, width}));
-    xt::xtensor<float, 1> g = xt::cast<float>(th::randn({width}, 1.0, 0.5)), bt = xt::cast<float>(th::randn({width}, 0.0, 0.5));
-    const auto want = ref::norm(spec, {"T", "D"}, xt::cast<double>(x), xt::cast<double>(g), xt::cast<double>(bt), 0, 1e-5);
-    // y one float past a vector boundary: every row starts and ends off the vectors the stores stream
-    std::vector<float> ybuf(rows * width + 64);
-    float* yp = ybuf.data() + (16 - (reinterpret_cast<std::uintptr_t>(ybuf.data()) % 64) / 4) % 16 + 1;
-    auto y = xt::adapt(yp, rows * width, xt::no_ownership(), std::array<std::size_t, 2>{rows, width});
-    for (int t : {1, 2}) {
-        CAPTURE(t);
-        std::fill(ybuf.begin(), ybuf.end(), -7.0f);
-        forward(layer_norm{}, named<T, D>(x), gamma(g), beta(bt), out(y), threads(t));
-        CHECK(th::rel_err(y, want.y) < 2e-6);
-        CHECK(ybuf.front() == -7.0f);  // nothing written before y or past its end
-        CHECK(ybuf.back() == -7.0f);
+TEST_CASE("streaming stores: decided by each thread's share of x and y; LayerNorm and RMSNorm rows streamed give the same values") {
+    // x and y together past 3/8 of the last-level cache the engine reads but under 3/4 of it: one
+    // thread streams y, two threads (half each) store through the cache
+    auto rows_for = [](std::size_t width) {
+        return std::size_t(0.375 * engine::detail::llc_bytes() / double(2 * sizeof(float) * width)) | 1;  // odd: a partial block
+    };
+    {
+        const std::size_t width = 1031, rows = rows_for(width) + 8;
+        REQUIRE(2.0 * sizeof(float) * double(rows * width) < 0.75 * engine::detail::llc_bytes());
+        const std::vector<std::string_view> names{"T", "D"};
+        const std::vector<engine::index_t> shape{engine::index_t(rows), engine::index_t(width)};
+        const auto b = engine::bind(describe<layer_norm>(), names, shape.data(), 2, 0);
+        std::vector<float> one(1);
+        const auto view = engine::contiguous(one.data(), shape);
+        const auto p = engine::make_plan(b, view, view, true);
+        CHECK(engine::decide<float>(p, view.size(), 1, 0, false, false).stream);
+        const auto two = engine::decide<float>(p, view.size(), 2, 0, false, false);
+        if (two.threads == 2) CHECK_FALSE(two.stream);
+        CHECK_FALSE(engine::decide<float>(p, view.size(), 1, 0, false, true).stream);  // in place: never
     }
+    // widths: every row at its own offset from a vector boundary (1031: row by row), all rows at
+    // the same one (1024, and 256, the shortest rows that stream: blocks of rows stream together);
+    // y one float past a vector boundary, so that heads and tails run
+    auto check = [&](auto spec, std::size_t width) {
+        using S = decltype(spec);
+        CAPTURE(width);
+        const std::size_t rows = rows_for(width) + 8;
+        xt::xtensor<float, 2> x = xt::cast<float>(xt::reshape_view(th::randn({rows * width}, 1.0, 2.0), std::array<std::size_t, 2>{rows, width}));
+        xt::xtensor<float, 1> g = xt::cast<float>(th::randn({width}, 1.0, 0.5)), bt = xt::cast<float>(th::randn({width}, 0.0, 0.5));
+        const auto want = ref::norm(describe<S>(), {"T", "D"}, xt::cast<double>(x), xt::cast<double>(g),
+                                    S::has_beta ? xt::xarray<double>(xt::cast<double>(bt)) : xt::xarray<double>{}, 0, 1e-5);
+        std::vector<float> ybuf(rows * width + 64);
+        float* yp = ybuf.data() + (16 - (reinterpret_cast<std::uintptr_t>(ybuf.data()) % 64) / 4) % 16 + 1;
+        auto y = xt::adapt(yp, rows * width, xt::no_ownership(), std::array<std::size_t, 2>{rows, width});
+        for (int t : {1, 2}) {
+            CAPTURE(t);
+            std::fill(ybuf.begin(), ybuf.end(), -7.0f);
+            if constexpr (S::has_beta)
+                forward(S{}, named<T, D>(x), gamma(g), beta(bt), out(y), threads(t));
+            else
+                forward(S{}, named<T, D>(x), gamma(g), out(y), threads(t));
+            CHECK(th::rel_err(y, want.y) < 2e-6);
+            CHECK(ybuf.front() == -7.0f);  // nothing written before y or past its end
+            CHECK(ybuf.back() == -7.0f);
+        }
+    };
+    for (std::size_t width : {1031, 1024, 256}) check(layer_norm{}, width);
+    check(rms_norm{}, 1024);
 }

@@ -260,9 +260,14 @@ inline void apply_run(const T* x, T* y, index_t n, index_t sx, index_t sy, const
 
 /// NB rows that share their parameters along the row (LayerNorm, RMSNorm): one sweep loads each
 /// vector of gamma and beta once for all NB rows, which halves the loads per element; row r has
-/// coefficients mu[r], sc[r], sh[r].
-template <int NB, class T>
-inline void apply_rows(const T* const* x, T* const* y, index_t n, const T* mu, const T* sc, const T* sh, const T* g, const T* bt) {
+/// coefficients mu[r], sc[r], sh[r]. With Stream, the caller has every row's y + head on a vector
+/// boundary: the first head values go out with plain (masked) stores, the whole vectors after
+/// them with streaming stores, the tail plainly again (the plain stores fill lines of their own:
+/// the row's first line is the previous row's tail and this head, its last this tail and the
+/// next head).
+template <int NB, bool Stream = false, class T>
+inline void apply_rows(const T* const* x, T* const* y, index_t n, const T* mu, const T* sc, const T* sh, const T* g, const T* bt,
+                       index_t head = 0) {
     using V = simd::vec<T>;
     constexpr index_t L = simd::width<T>;
     V m[NB], a[NB], c[NB];
@@ -270,33 +275,67 @@ inline void apply_rows(const T* const* x, T* const* y, index_t n, const T* mu, c
     T* yr[NB];
 #pragma GCC unroll 4
     for (int r = 0; r < NB; ++r) m[r] = V(mu[r]), a[r] = V(sc[r]), c[r] = V(sh[r]), xr[r] = x[r], yr[r] = y[r];
-    index_t i = 0;
-    V next[NB];  // x one vector ahead: loaded before the stores of the vector before it, so a y
-                 // 64 bytes past x modulo 4 KiB does not stall each load on the store before it
-                 // (2048x1024, one thread, that offset: 1.4x faster, same run)
-#pragma GCC unroll 4
-    for (int r = 0; r < NB; ++r) next[r] = L <= n ? V::load_unaligned(xr[r]) : V(T(0));
-    for (; i + L <= n; i += L) {
-        const V gv = V::load_unaligned(g + i), bv = bt ? V::load_unaligned(bt + i) : V(T(0));
-        V v[NB];  // every row's loads before any store: with rows 4 KiB apart, a store to one row's
-                  // y would otherwise stall the next row's load at the same page offset
-#pragma GCC unroll 4
-        for (int r = 0; r < NB; ++r) v[r] = next[r];
-        if (i + 2 * L <= n)
-#pragma GCC unroll 4
-            for (int r = 0; r < NB; ++r) next[r] = V::load_unaligned(xr[r] + i + L);
-#pragma GCC unroll 4
-        for (int r = 0; r < NB; ++r) v[r] = xsimd::fma(xsimd::fma(v[r] - m[r], a[r], c[r]), gv, bv);
-#pragma GCC unroll 4
-        for (int r = 0; r < NB; ++r) v[r].store_unaligned(yr[r] + i);
-    }
-    if (i < n) {
-        const index_t t = n - i;
+    auto part = [&](index_t i, index_t t) {  // the values [i, i + t), t < L, with masked loads and stores
         const V gv = simd::load_first(g + i, t), bv = bt ? simd::load_first(bt + i, t) : V(T(0));
 #pragma GCC unroll 4
         for (int r = 0; r < NB; ++r)
             simd::store_first(yr[r] + i, t, xsimd::fma(xsimd::fma(simd::load_first(xr[r] + i, t) - m[r], a[r], c[r]), gv, bv));
+    };
+    index_t i = 0;
+    if (Stream && head > 0) part(0, std::min(head, n)), i = std::min(head, n);
+    // x, gamma and beta a group of A vectors ahead: every load of a group is issued before the
+    // stores of the group before it, so a y (or gamma) just past x modulo 4 KiB does not stall
+    // each load on an earlier store to the same page offset (2048x1024, one thread, y 64 bytes
+    // past x, one vector ahead against none: 1.4x faster). Streaming stores hold such a load
+    // back longer: four vectors ahead (standalone, y 96-112 bytes past x: 1.5-1.7x faster than one).
+    // Loads of every row come before any store too: with rows 4 KiB apart, a store to one row's
+    // y would stall the next row's load at the same page offset.
+    constexpr int A = Stream ? 4 : 1;
+    struct group {
+        V x[NB][A], g[A], b[A];
+    };
+    auto load_group = [&](index_t at, group& v) {
+#pragma GCC unroll 4
+        for (int k = 0; k < A; ++k) {
+            v.g[k] = V::load_unaligned(g + at + k * L);
+            v.b[k] = bt ? V::load_unaligned(bt + at + k * L) : V(T(0));
+#pragma GCC unroll 4
+            for (int r = 0; r < NB; ++r) v.x[r][k] = V::load_unaligned(xr[r] + at + k * L);
+        }
+    };
+    group next;
+    if (i + A * L <= n) load_group(i, next);
+    for (; i + A * L <= n; i += A * L) {
+        group v = next;
+        if (i + 2 * A * L <= n) load_group(i + A * L, next);
+#pragma GCC unroll 4
+        for (int k = 0; k < A; ++k)
+#pragma GCC unroll 4
+            for (int r = 0; r < NB; ++r) v.x[r][k] = xsimd::fma(xsimd::fma(v.x[r][k] - m[r], a[r], c[r]), v.g[k], v.b[k]);
+#pragma GCC unroll 4
+        for (int k = 0; k < A; ++k)
+#pragma GCC unroll 4
+            for (int r = 0; r < NB; ++r) {
+                if constexpr (Stream)
+                    simd::store<true>(yr[r] + i + k * L, v.x[r][k]);
+                else
+                    v.x[r][k].store_unaligned(yr[r] + i + k * L);
+            }
     }
+    for (; i + L <= n; i += L) {  // the whole vectors after the last group
+        const V gv = V::load_unaligned(g + i), bv = bt ? V::load_unaligned(bt + i) : V(T(0));
+        V v[NB];
+#pragma GCC unroll 4
+        for (int r = 0; r < NB; ++r) v[r] = xsimd::fma(xsimd::fma(V::load_unaligned(xr[r] + i) - m[r], a[r], c[r]), gv, bv);
+#pragma GCC unroll 4
+        for (int r = 0; r < NB; ++r) {
+            if constexpr (Stream)
+                simd::store<true>(yr[r] + i, v[r]);
+            else
+                v[r].store_unaligned(yr[r] + i);
+        }
+    }
+    if (i < n) part(i, n - i);
 }
 
 /// apply_run with streaming stores or without, chosen at run time
@@ -580,8 +619,8 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
     const index_t nk = count_of(K), nr = count_of(R), n = inner.extent;
     const index_t per_k = inner.reduced ? 1 : n;
     const index_t ss = inner.reduced ? 0 : inner.sstat;
-    // rows in cache with parameters along them: blocks of rows share each load of gamma and beta
-    const bool row_blocks = inner.reduced && R.empty() && inner.sx == 1 && inner.sy == 1 && g && inner.sparam == 1 && !stream;
+    // rows with parameters along them: blocks of rows share each load of gamma and beta
+    const bool row_blocks = inner.reduced && R.empty() && inner.sx == 1 && inner.sy == 1 && g && inner.sparam == 1;
     team(nt, [&] {
         const auto [kb, ke] = split(nk, thread_id(), team_size());
         // the columns' work space, only when the inner loop is kept
@@ -597,10 +636,23 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
             const T* g0 = nullptr;
             auto flush = [&] {
                 const T* b0 = bt ? bt + (g0 - g) : nullptr;
-                if (nb == NB)
-                    apply_rows<NB>(xs, ys, n, mu, sc, sh, g0, b0);
-                else  // the last, partial block: row by row
-                    for (int r = 0; r < nb; ++r) apply_rows<1>(xs + r, ys + r, n, mu + r, sc + r, sh + r, g0, b0);
+                if (!stream) {
+                    if (nb == NB)
+                        apply_rows<NB>(xs, ys, n, mu, sc, sh, g0, b0);
+                    else  // the last, partial block: row by row
+                        for (int r = 0; r < nb; ++r) apply_rows<1>(xs + r, ys + r, n, mu + r, sc + r, sh + r, g0, b0);
+                } else {  // streaming stores from each row's first vector boundary on
+                    const index_t head = simd::stream_head(ys[0], n);
+                    bool same = nb == NB;  // every row of the block that far from a vector boundary
+                    for (int r = 1; r < nb; ++r)
+                        same = same && (reinterpret_cast<std::uintptr_t>(ys[r]) - reinterpret_cast<std::uintptr_t>(ys[0])) %
+                                           (simd::width<T> * sizeof(T)) == 0;
+                    if (same)
+                        apply_rows<NB, true>(xs, ys, n, mu, sc, sh, g0, b0, head);
+                    else
+                        for (int r = 0; r < nb; ++r)
+                            apply_rows<1, true>(xs + r, ys + r, n, mu + r, sc + r, sh + r, g0, b0, simd::stream_head(ys[r], n));
+                }
                 nb = 0;
             };
             for_range(K, kb, ke, [&](const offsets& kk) {
