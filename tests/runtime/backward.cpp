@@ -2,6 +2,7 @@
 // finite differences in double on odd shapes and strided views, gradient-sum identities, errors.
 #include "helpers.hpp"
 
+#include <xtensor/xadapt.hpp>
 #include <xtensor/xmanipulation.hpp>
 #include <xtensor/xnpy.hpp>
 
@@ -342,6 +343,37 @@ TEST_CASE("backward in float keeps 2e-5 on data at 1e4 + N(0,1) in LayerNorm's b
         CHECK(th::rel_err(b.dx, b64.dx) < 2e-5);
         CHECK(th::rel_err(b.dgamma, b64.dgamma) < 2e-5);
         CHECK(th::rel_err(b.dbeta, b64.dbeta) < 2e-5);
+    }
+}
+
+TEST_CASE("LayerNorm's rows of dx give the same values swept down (dx just past x modulo 4 KiB) as up") {
+    // the dx sweep runs downwards when dx lies in the first half page past x modulo 4 KiB, so that
+    // no load of x waits on a store to dx at its page offset; every value must be the same as
+    // upwards, bit for bit. 11 rows: blocks of 4 and a partial one; 1024 and 1031 values: with
+    // and without a masked tail
+    for (std::size_t d : {1024, 1031}) {
+        CAPTURE(d);
+        const std::size_t n = 11 * d;
+        xt::xtensor<float, 2> x = xt::cast<float>(xt::reshape_view(th::randn({n}, 0.5, 2.0), std::array<std::size_t, 2>{11, d}));
+        xt::xtensor<float, 2> dy = xt::cast<float>(xt::reshape_view(th::randn({n}), std::array<std::size_t, 2>{11, d}));
+        xt::xtensor<float, 1> g = xt::cast<float>(th::randn({d}, 1.0, 0.5)), bt = xt::zeros<float>({d});
+        auto r = forward(layer_norm{}, named<T, D>(x), gamma(g), beta(bt));
+        // dx placed at page offsets 96 bytes past x's (swept down) and 3000 past (swept up)
+        std::vector<float> down_buf(n + 2048), up_buf(n + 2048);
+        auto at = [&](std::vector<float>& buf, std::size_t past) {
+            const auto want = (reinterpret_cast<std::uintptr_t>(x.data()) + past) % 4096;
+            std::size_t k = 0;
+            while ((reinterpret_cast<std::uintptr_t>(buf.data() + k)) % 4096 != want) ++k;
+            return xt::adapt(buf.data() + k, n, xt::no_ownership(), std::array<std::size_t, 2>{11, d});
+        };
+        auto dx_down = at(down_buf, 96), dx_up = at(up_buf, 3000);
+        auto bd = backward(layer_norm{}, named<T, D>(x), dy, r, gamma(g), out(dx_down));
+        auto bu = backward(layer_norm{}, named<T, D>(x), dy, r, gamma(g), out(dx_up));
+        CHECK(dx_down == dx_up);
+        CHECK(bd.dgamma == bu.dgamma);
+        CHECK(bd.dbeta == bu.dbeta);
+        const auto b = backward(layer_norm{}, named<T, D>(x), dy, r, gamma(g));  // into its own dx
+        CHECK(th::rel_err(dx_down, b.dx) < 1e-6);
     }
 }
 

@@ -499,7 +499,22 @@ void rows_dx(const T* const* xp, const T* const* dyp, T* const* dxp, index_t n, 
         for (int r = 0; r < NB; ++r) store_at<Tail>(dx[r], i, t, v[r]);
         if constexpr (Correct) store_at<Tail>(pg, i, t, ag);
     };
+    // downwards when dx lies just past x modulo 4 KiB (in the first half page past it): upwards,
+    // each load of x would match the page offset of a store to dx a vector or two before it and
+    // wait for it. With dx 96 bytes past x (the benchmark's placement), 2048x1024 measured
+    // 1.14-1.28x faster and 8x4096 up to 1.4x, the order alternated in one run.
+    const auto past = (reinterpret_cast<std::uintptr_t>(dx[0]) - reinterpret_cast<std::uintptr_t>(x[0])) % 4096;
+    const bool down = past > 0 && past < 2048;
     auto sweep = [&]<bool Correct>() {
+        if (down) {
+            const index_t full = n / L * L;
+            if (full < n) step.template operator()<Correct, true>(full, n - full);
+            for (index_t i = full; i > 0;) {
+                i -= L;
+                step.template operator()<Correct, false>(i, L);
+            }
+            return;
+        }
         index_t i = 0;
         for (; i + L <= n; i += L) step.template operator()<Correct, false>(i, L);
         if (i < n) step.template operator()<Correct, true>(i, n - i);
