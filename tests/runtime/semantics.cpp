@@ -1,11 +1,14 @@
 // Behaviour beyond "y matches": training vs evaluation, running statistics (PyTorch's convention),
 // outputs into caller-provided tensors and in place, adaptors and expressions as input,
-// threads, and accuracy on the large-offset input.
+// threads, accuracy on the large-offset input, streaming stores, and a small call's allocations.
 #include "helpers.hpp"
 
 #include <xtensor/xadapt.hpp>
 #include <xtensor/xfixed.hpp>
 #include <xtensor/xmanipulation.hpp>
+
+#include <cstdlib>
+#include <new>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -335,4 +338,40 @@ TEST_CASE("streaming stores: decided by each thread's share of x and y; LayerNor
     };
     for (std::size_t width : {1031, 1024, 256}) check(layer_norm{}, width);
     check(rms_norm{}, 1024);
+}
+
+// ---- a call's allocations -------------------------------------------------------------------
+// operator new, replaced for this test executable, counts while `counting` is set (on this thread)
+namespace {
+thread_local bool counting = false;
+thread_local long allocations = 0;
+}  // namespace
+// (out of line: inlined into the standard library's allocators, g++ 12 takes the malloc/free
+// pair for a mismatch with the new expressions there and warns)
+[[gnu::noinline]] void* operator new(std::size_t n) {
+    if (counting) ++allocations;
+    if (void* p = std::malloc(n ? n : 1)) return p;
+    throw std::bad_alloc();
+}
+[[gnu::noinline]] void operator delete(void* p) noexcept { std::free(p); }
+[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+TEST_CASE("a small call's allocations: the forward's results and coefficients, the backward's gradients and sums") {
+    // the fixed cost of a small call is mostly its allocations: loop dims, extents and names are
+    // held in place, so what is left is what the call returns and one block of coefficients
+    xt::xtensor<float, 2> x = th::randn({1, 16}, 0.5, 2.0), dy = th::randn({1, 16}), y = xt::zeros<float>({1, 16}), dx = y;
+    xt::xtensor<float, 1> g = th::randn({16}, 1.0, 0.5), b = th::randn({16});
+    auto count = [](auto&& f) {
+        allocations = 0;
+        counting = true;
+        f();
+        counting = false;
+        return allocations;
+    };
+    auto r = forward(layer_norm{}, named<T, D>(x), gamma(g), beta(b), out(y));
+    // saved mean and rstd, and the coefficients
+    CHECK(count([&] { r = forward(layer_norm{}, named<T, D>(x), gamma(g), beta(b), out(y)); }) <= 3);
+    auto gr = backward(layer_norm{}, named<T, D>(x), dy, r, gamma(g), out(dx));
+    // dgamma and dbeta, and the per-thread sums
+    CHECK(count([&] { gr = backward(layer_norm{}, named<T, D>(x), dy, r, gamma(g), out(dx)); }) <= 5);
 }
