@@ -279,8 +279,12 @@ inline index_t stream_head(const T* y, index_t n) {
 /// p that lines up with y + i (full_load, or first_load for a partial vector, whose store is
 /// partial too: store_part). With Stream, a head first brings y to vector alignment, so the
 /// body's stores can stream.
+// Always inlined, as is for_each_flat: called out of line, the loop reads f's captures (its
+// pointers) through a reference and, since a store may alias them, reloads them at every
+// vector. g++ had put for_each_flat out of line; inlined, the channels-last forward kernels
+// (BatchNorm, GroupNorm, InstanceNorm on NHWC) measured 1.0-1.4x faster, order alternated.
 template <bool Stream, class T, class F>
-inline void for_each_store(T* y, index_t n, F&& f) {
+[[gnu::always_inline]] inline void for_each_store(T* y, index_t n, F&& f) {
     constexpr index_t L = width<T>;
     index_t i = 0;
     if constexpr (Stream) {
@@ -297,7 +301,7 @@ inline void for_each_store(T* y, index_t n, F&& f) {
 /// vec::load_unaligned(coef + j) is the vector's coefficients. The stores stream over the whole
 /// range instead of restarting at every short row.
 template <bool Stream, class T, class F>
-inline void for_each_flat(T* y, index_t b, index_t e, index_t c, F&& f) {
+[[gnu::always_inline]] inline void for_each_flat(T* y, index_t b, index_t e, index_t c, F&& f) {
     constexpr index_t L = width<T>;
     index_t i = b, j = b % c;
     auto advance = [&](index_t k) {
