@@ -52,15 +52,14 @@ dynamic_result<T> forward_dynamic(const spec_desc& spec, const std::vector<std::
     a.train = in.run_mode == mode::train;
     a.threads = in.threads;
     const auto pnames = engine::param_axis_names(b);
-    std::optional<xt::xarray<T>> gp, bp;
-    xt::xarray<T> rm, rv;
+    std::optional<xt::xarray<T>> gp, bp, rm, rv;
     if (in.gamma) a.gamma = detail::parameter_data<T>("gamma", pnames, b.param_shape, *in.gamma, gp, "the tensor's");
     if (in.beta) a.beta = detail::parameter_data<T>("beta", pnames, b.param_shape, *in.beta, bp, "the tensor's");
     if (in.running_mean) {
-        rm = detail::packed_checked<T>("running_mean", b.stat_names, b.stat_shape, *in.running_mean, "the statistics'");
-        rv = detail::packed_checked<T>("running_var", b.stat_names, b.stat_shape, *in.running_var, "the statistics'");
-        a.running_mean = rm.data();
-        a.running_var = rv.data();
+        rm.emplace(detail::packed_checked<T>("running_mean", b.stat_names, b.stat_shape, *in.running_mean, "the statistics'"));
+        rv.emplace(detail::packed_checked<T>("running_var", b.stat_names, b.stat_shape, *in.running_var, "the statistics'"));
+        a.running_mean = rm->data();
+        a.running_var = rv->data();
     }
     dynamic_result<T> r;
     r.stat_axes.assign(b.stat_names.begin(), b.stat_names.end());
@@ -73,8 +72,8 @@ dynamic_result<T> forward_dynamic(const spec_desc& spec, const std::vector<std::
     a.y = detail::lower<T>(r.y);
     engine::forward(spec, b, a);
     if (in.running_mean && a.train) {
-        *in.running_mean = rm;
-        *in.running_var = rv;
+        *in.running_mean = *rm;
+        *in.running_var = *rv;
     }
     return r;
 }

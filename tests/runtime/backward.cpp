@@ -290,8 +290,8 @@ TEST_CASE("backward on short planes in wide rows (blocks of channels) matches th
 
 TEST_CASE("backward in float keeps 2e-5 on data at 1e4 + N(0,1) on every kernel (saved means are rounded)") {
     // the float pass against the same pass in double; the double pass is checked against PyTorch
-    // and finite differences above. Blocks of channels, runs of a group, columns (one and two threads: the split path),
-    // grouped columns.
+    // and finite differences above. Blocks of channels, runs of a group, columns (one and two
+    // threads: the split path), grouped columns.
     const xt::xarray<double> xd = th::randn({6, 40, 11, 13}, 1e4), dyd = th::randn({6, 40, 11, 13});
     const xt::xarray<double> gd = th::randn({40}, 1.0);
     xt::xtensor<float, 4> x = xt::cast<float>(xd), dy = xt::cast<float>(dyd);

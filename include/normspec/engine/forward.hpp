@@ -315,12 +315,7 @@ inline void apply_rows(const T* const* x, T* const* y, index_t n, const T* mu, c
 #pragma GCC unroll 4
         for (int k = 0; k < A; ++k)
 #pragma GCC unroll 4
-            for (int r = 0; r < NB; ++r) {
-                if constexpr (Stream)
-                    simd::store<true>(yr[r] + i + k * L, v.x[r][k]);
-                else
-                    v.x[r][k].store_unaligned(yr[r] + i + k * L);
-            }
+            for (int r = 0; r < NB; ++r) simd::store<Stream>(yr[r] + i + k * L, v.x[r][k]);
     }
     for (; i + L <= n; i += L) {  // the whole vectors after the last group
         const V gv = V::load_unaligned(g + i), bv = bt ? V::load_unaligned(bt + i) : V(T(0));
@@ -328,12 +323,7 @@ inline void apply_rows(const T* const* x, T* const* y, index_t n, const T* mu, c
 #pragma GCC unroll 4
         for (int r = 0; r < NB; ++r) v[r] = xsimd::fma(xsimd::fma(V::load_unaligned(xr[r] + i) - m[r], a[r], c[r]), gv, bv);
 #pragma GCC unroll 4
-        for (int r = 0; r < NB; ++r) {
-            if constexpr (Stream)
-                simd::store<true>(yr[r] + i, v[r]);
-            else
-                v[r].store_unaligned(yr[r] + i);
-        }
+        for (int r = 0; r < NB; ++r) simd::store<Stream>(yr[r] + i, v[r]);
     }
     if (i < n) part(i, n - i);
 }
