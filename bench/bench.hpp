@@ -6,8 +6,11 @@
 #ifndef NORMSPEC_BENCH_HPP
 #define NORMSPEC_BENCH_HPP
 
+#include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
+#include <new>
 #include <map>
 #include <memory>
 #include <string>
@@ -55,9 +58,41 @@ struct bench_case {
     }
 };
 
+/// Where the buffers lie. A load that follows a store to the same address modulo 4 KiB waits on
+/// it, so a memory-bound kernel's speed depends on where its input and output fall modulo 4 KiB.
+/// Every implementation reads the same inputs, each starting on a 4 KiB boundary, and writes its
+/// own output at the same offset past a 4 KiB boundary (output_offset bytes: 0, or what
+/// --normspec_offset says), so none of them is timed at a placement the others do not get.
+inline std::size_t output_offset = 0;
+
+template <class T, bool Output>
+struct paged {
+    using value_type = T;
+    template <class U>
+    struct rebind {
+        using other = paged<U, Output>;
+    };
+    paged() = default;
+    template <class U>
+    paged(const paged<U, Output>&) {}
+    T* allocate(std::size_t n) {
+        const std::size_t offset = Output ? output_offset : 0;
+        const std::size_t bytes = (n * sizeof(T) + offset + 4095) / 4096 * 4096;
+        void* p = std::aligned_alloc(4096, bytes);
+        if (!p) throw std::bad_alloc();
+        return reinterpret_cast<T*>(static_cast<char*>(p) + offset);
+    }
+    void deallocate(T* p, std::size_t) { std::free(reinterpret_cast<void*>(reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t(4095))); }
+    template <class U>
+    bool operator==(const paged<U, Output>&) const { return true; }
+};
+using input_buffer = std::vector<float, paged<float, false>>;
+using output_buffer = std::vector<float, paged<float, true>>;
+
 /// Inputs of a case, float32, x in the case's memory layout; parameters on the spec's axes.
 struct inputs {
-    std::vector<float> x, gamma, beta, running_mean, running_var, dy;
+    input_buffer x, gamma, beta, dy;
+    std::vector<float> running_mean, running_var;
     std::int64_t param_size = 0, stat_size = 0;
 };
 
@@ -80,7 +115,8 @@ struct owned_output : runner {
     const bench_case& c;
     const inputs& in;
     op o;
-    std::vector<float> out, rm, rv;
+    output_buffer out;
+    std::vector<float> rm, rv;
     owned_output(const bench_case& c_, op o_, const inputs& in_)
         : c(c_), in(in_), o(o_), out(static_cast<std::size_t>(c_.size())), rm(in_.running_mean), rv(in_.running_var) {}
     const float* y() const override { return out.data(); }

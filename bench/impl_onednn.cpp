@@ -18,7 +18,8 @@ struct dnnl_runner : bench::owned_output {
     stream strm{eng};
     primitive prim;
     std::unordered_map<int, memory> args;
-    std::vector<float> gamma, beta, mean, var;
+    bench::input_buffer gamma, beta;  // placed as the inputs are, when copied from them
+    std::vector<float> mean, var;
 
     std::vector<float> dscale, dshift;
 

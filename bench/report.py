@@ -227,6 +227,10 @@ def write_markdown(path, context, rows, command, cli, cases):
                   "oneDNN); libtorch's functions allocate their outputs, and glibc's mmap threshold raised and its heap never trimmed "
                   "(`GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776`) so the page faults "
                   "of libtorch's fresh outputs are not counted against it.\n")
+        out.write("- placement: every input starts on a 4 KiB boundary, and every implementation writes its own output "
+                  f"{context.get('normspec_output_offset', '?')} bytes past one (`--normspec_offset`), so all of them are "
+                  "timed at the same placement modulo 4 KiB (a load waits on an earlier store to the same address modulo "
+                  "4 KiB, which makes a kernel's speed depend on it; see the shortfalls' notes).\n")
         out.write("- every peer's output was checked against normspec's before it was timed (max difference < 1e-4 of the "
                   "largest |y|).\n\n")
         out.write("## Traffic model and limit\n\n")
