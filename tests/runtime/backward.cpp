@@ -346,32 +346,43 @@ TEST_CASE("backward in float keeps 2e-5 on data at 1e4 + N(0,1) in LayerNorm's b
     }
 }
 
-TEST_CASE("LayerNorm's rows of dx give the same values swept down (dx just past x modulo 4 KiB) as up") {
-    // the dx sweep runs downwards when dx lies in the first half page past x modulo 4 KiB, so that
-    // no load of x waits on a store to dx at its page offset; every value must be the same as
-    // upwards, bit for bit. 11 rows: blocks of 4 and a partial one; 1024 and 1031 values: with
-    // and without a masked tail
+TEST_CASE("LayerNorm's rows of dx give the same values swept down as up; the direction keeps loads off recent stores") {
+    // the dx sweep runs down when the store to dx that a load of x or dy would wait on (one at
+    // the same address modulo 4 KiB) lies nearer behind it going up than going down; every value
+    // must be the same either way, bit for bit. 11 rows: blocks of 4 and a partial one; 1024 and
+    // 1031 values: with and without a masked tail
+    using engine::detail::sweep_down;
     for (std::size_t d : {1024, 1031}) {
         CAPTURE(d);
         const std::size_t n = 11 * d;
         xt::xtensor<float, 2> x = xt::cast<float>(xt::reshape_view(th::randn({n}, 0.5, 2.0), std::array<std::size_t, 2>{11, d}));
-        xt::xtensor<float, 2> dy = xt::cast<float>(xt::reshape_view(th::randn({n}), std::array<std::size_t, 2>{11, d}));
         xt::xtensor<float, 1> g = xt::cast<float>(th::randn({d}, 1.0, 0.5)), bt = xt::zeros<float>({d});
         auto r = forward(layer_norm{}, named<T, D>(x), gamma(g), beta(bt));
-        // dx placed at page offsets 96 bytes past x's (swept down) and 3000 past (swept up)
-        std::vector<float> down_buf(n + 2048), up_buf(n + 2048);
+        // buffers placed `past` bytes past x's page offset
         auto at = [&](std::vector<float>& buf, std::size_t past) {
+            buf.resize(n + 2048);
             const auto want = (reinterpret_cast<std::uintptr_t>(x.data()) + past) % 4096;
             std::size_t k = 0;
             while ((reinterpret_cast<std::uintptr_t>(buf.data() + k)) % 4096 != want) ++k;
             return xt::adapt(buf.data() + k, n, xt::no_ownership(), std::array<std::size_t, 2>{11, d});
         };
-        auto dx_down = at(down_buf, 96), dx_up = at(up_buf, 3000);
+        std::vector<float> dy_buf, down_buf, dy_down_buf, up_buf;
+        auto dy = at(dy_buf, 2048);
+        dy = xt::cast<float>(xt::reshape_view(th::randn({n}), std::array<std::size_t, 2>{11, d}));
+        auto dx_down = at(down_buf, 96);        // 96 bytes past x: down
+        auto dx_dy_down = at(dy_down_buf, 2088);  // 40 bytes past dy (2088 past x): down, for dy's sake
+        auto dx_up = at(up_buf, 4000);          // 96 bytes before x: up
+        CHECK(sweep_down(x.data(), dy.data(), dx_down.data()));
+        CHECK(sweep_down(x.data(), dy.data(), dx_dy_down.data()));
+        CHECK_FALSE(sweep_down(x.data(), dy.data(), dx_up.data()));
         auto bd = backward(layer_norm{}, named<T, D>(x), dy, r, gamma(g), out(dx_down));
+        auto bdd = backward(layer_norm{}, named<T, D>(x), dy, r, gamma(g), out(dx_dy_down));
         auto bu = backward(layer_norm{}, named<T, D>(x), dy, r, gamma(g), out(dx_up));
         CHECK(dx_down == dx_up);
+        CHECK(dx_dy_down == dx_up);
         CHECK(bd.dgamma == bu.dgamma);
         CHECK(bd.dbeta == bu.dbeta);
+        CHECK(bdd.dgamma == bu.dgamma);
         const auto b = backward(layer_norm{}, named<T, D>(x), dy, r, gamma(g));  // into its own dx
         CHECK(th::rel_err(dx_down, b.dx) < 1e-6);
     }
