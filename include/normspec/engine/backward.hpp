@@ -389,16 +389,22 @@ public:
     param_parts(int nt, std::size_t pc) : pc_(pc), v_(2 * std::size_t(nt) * pc, 0.0) {}
     double* dg(int t) { return pc_ ? &v_[2 * std::size_t(t) * pc_] : nullptr; }
     double* db(int t) { return pc_ ? &v_[(2 * std::size_t(t) + 1) * pc_] : nullptr; }
-    /// dgamma and dbeta, the threads' parts added up
+    /// dgamma and dbeta, the threads' parts added up (into the first thread's, in thread order),
+    /// loops along the parameters that vectorize: one element at a time with the threads inside,
+    /// the merge took a fifth of a LayerNorm 8x4096 backward
     template <class T>
-    void write(const backward_args<T>& a) const {
-        const std::size_t nt = pc_ ? v_.size() / (2 * pc_) : 0;
-        for (std::size_t i = 0; i < pc_; ++i) {
-            double g = 0, b = 0;
-            for (std::size_t t = 0; t < nt; ++t) g += v_[2 * t * pc_ + i], b += v_[(2 * t + 1) * pc_ + i];
-            if (a.dgamma) a.dgamma[i] = T(g);
-            if (a.dbeta) a.dbeta[i] = T(b);
+    void write(const backward_args<T>& a) {
+        if (!pc_) return;
+        const std::size_t nt = v_.size() / (2 * pc_);
+        double *g = v_.data(), *b = v_.data() + pc_;
+        for (std::size_t t = 1; t < nt; ++t) {
+            const double *gt = v_.data() + 2 * t * pc_, *bt = gt + pc_;
+            for (std::size_t i = 0; i < pc_; ++i) g[i] += gt[i], b[i] += bt[i];
         }
+        if (a.dgamma)
+            for (std::size_t i = 0; i < pc_; ++i) a.dgamma[i] = T(g[i]);
+        if (a.dbeta)
+            for (std::size_t i = 0; i < pc_; ++i) a.dbeta[i] = T(b[i]);
     }
 };
 
