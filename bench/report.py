@@ -312,7 +312,7 @@ def write_markdown(path, context, rows, command, cli, cases):
                   "- Where the fastest peer already moves its bytes at the speed of a copy (BatchNorm on NHWC in "
                   "evaluation, where oneDNN reaches memcpy's GB/s or more), 1.2x its speed is more than the memory allows.\n"
                   "- The machine is shared: the same call moves by 1.5-2x between runs, on normspec and the peers alike; "
-                  "each figure here is the median of three repetitions in random order, which steadies the ratios but does "
+                  f"each figure here is the median of {reps} repetitions in random order, which steadies the ratios but does "
                   "not remove that (BatchNorm NHWC 32x64x56x56 evaluation at two threads measured 1.00 and 1.88 of "
                   "oneDNN in two runs of the same binary).\n\n")
         short = {}
