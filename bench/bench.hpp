@@ -77,7 +77,7 @@ struct paged {
     paged(const paged<U, Output>&) {}
     T* allocate(std::size_t n) {
         const std::size_t offset = Output ? output_offset : 0;
-        const std::size_t bytes = (n * sizeof(T) + offset + 4095) / 4096 * 4096;
+        const std::size_t bytes = (n * sizeof(T) + offset + 4096) / 4096 * 4096;  // never 0
         void* p = std::aligned_alloc(4096, bytes);
         if (!p) throw std::bad_alloc();
         return reinterpret_cast<T*>(static_cast<char*>(p) + offset);
