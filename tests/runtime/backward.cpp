@@ -360,11 +360,9 @@ TEST_CASE("LayerNorm's rows of dx give the same values swept down as up; the dir
         auto r = forward(layer_norm{}, named<T, D>(x), gamma(g), beta(bt));
         // buffers placed `past` bytes past x's page offset
         auto at = [&](std::vector<float>& buf, std::size_t past) {
-            buf.resize(n + 2048);
-            const auto want = (reinterpret_cast<std::uintptr_t>(x.data()) + past) % 4096;
-            std::size_t k = 0;
-            while ((reinterpret_cast<std::uintptr_t>(buf.data() + k)) % 4096 != want) ++k;
-            return xt::adapt(buf.data() + k, n, xt::no_ownership(), std::array<std::size_t, 2>{11, d});
+            buf.resize(n + 1024);
+            float* p = th::placed(buf, 4096, reinterpret_cast<std::uintptr_t>(x.data()) + past);
+            return xt::adapt(p, n, xt::no_ownership(), std::array<std::size_t, 2>{11, d});
         };
         std::vector<float> dy_buf, down_buf, dy_down_buf, up_buf;
         auto dy = at(dy_buf, 2048);
@@ -419,8 +417,8 @@ TEST_CASE("out of cache: the streaming-store kernels (aligning heads, flat colum
         xt::xtensor<float, 4> dy = xt::cast<float>(xt::reshape_view(th::randn({total}), shape));
         xt::xtensor<float, 1> g = xt::cast<float>(th::randn({nc}, 1.0, 0.5)), b = xt::cast<float>(th::randn({nc}, 0.0, 0.5));
         std::vector<float> ybuf(total + 64), dxbuf(total + 64);
-        float* yp = ybuf.data() + (16 - (reinterpret_cast<std::uintptr_t>(ybuf.data()) % 64) / 4) % 16 + 1;
-        float* dxp = dxbuf.data() + (16 - (reinterpret_cast<std::uintptr_t>(dxbuf.data()) % 64) / 4) % 16 + 1;
+        float* yp = th::placed(ybuf, 64, sizeof(float));
+        float* dxp = th::placed(dxbuf, 64, sizeof(float));
         auto y = xt::adapt(yp, total, xt::no_ownership(), shape);
         auto dx = xt::adapt(dxp, total, xt::no_ownership(), shape);
         auto r = Names::forward(x, g, b, y);

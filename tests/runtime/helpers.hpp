@@ -6,6 +6,9 @@
 
 #include <normspec/normspec.hpp>
 
+#include <cstdint>
+#include <vector>
+
 #include <doctest/doctest.h>
 #include <xtensor/xrandom.hpp>
 #include <xtensor/xview.hpp>
@@ -18,6 +21,14 @@ inline xt::xarray<double> randn(std::vector<std::size_t> shape, double offset = 
     std::normal_distribution<double> d(offset, scale);
     for (auto& v : a) v = d(engine);
     return a;
+}
+
+/// The first float of buf that lies `offset` bytes past a multiple of `modulus` bytes (placing an
+/// output off a vector boundary, or at a chosen page offset); buf needs modulus / 4 floats to spare.
+inline float* placed(std::vector<float>& buf, std::uintptr_t modulus, std::uintptr_t offset) {
+    std::size_t k = 0;
+    while (reinterpret_cast<std::uintptr_t>(buf.data() + k) % modulus != offset % modulus) ++k;
+    return buf.data() + k;
 }
 
 /// The largest |a - b| over the largest |b| (at least 1).

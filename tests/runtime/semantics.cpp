@@ -283,7 +283,7 @@ TEST_CASE("short planes in wide rows (BatchNorm, InstanceNorm on NCHW with 7x7 a
     const std::array<std::size_t, 4> shape{n, 97, 7, 7};
     xt::xtensor<float, 4> big = xt::cast<float>(xt::reshape_view(th::randn({n * per}, 1.0), shape));
     std::vector<float> ybuf(n * per + 64);
-    float* yp = ybuf.data() + (16 - (reinterpret_cast<std::uintptr_t>(ybuf.data()) % 64) / 4) % 16 + 1;
+    float* yp = th::placed(ybuf, 64, sizeof(float));
     auto y = xt::adapt(yp, n * per, xt::no_ownership(), shape);
     forward(batch_norm{}, named<N, C, H, W>(big), out(y));
     const auto want_big = ref::norm(describe<batch_norm>(), {"N", "C", "H", "W"}, xt::cast<double>(big), {}, {}, 0, 1e-5);
@@ -322,7 +322,7 @@ TEST_CASE("streaming stores: decided by each thread's share of x and y; LayerNor
         const auto want = ref::norm(describe<S>(), {"T", "D"}, xt::cast<double>(x), xt::cast<double>(g),
                                     S::has_beta ? xt::xarray<double>(xt::cast<double>(bt)) : xt::xarray<double>{}, 0, 1e-5);
         std::vector<float> ybuf(rows * width + 64);
-        float* yp = ybuf.data() + (16 - (reinterpret_cast<std::uintptr_t>(ybuf.data()) % 64) / 4) % 16 + 1;
+        float* yp = th::placed(ybuf, 64, sizeof(float));
         auto y = xt::adapt(yp, rows * width, xt::no_ownership(), std::array<std::size_t, 2>{rows, width});
         for (int t : {1, 2}) {
             CAPTURE(t);
