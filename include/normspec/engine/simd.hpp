@@ -330,8 +330,10 @@ inline void prefetch_stream(const T* p) {
 /// v repeated to c + width values, for for_each_flat
 template <class T>
 inline std::vector<T> wrapped(const T* v, index_t c) {
-    std::vector<T> w(std::size_t(c + width<T>));
-    for (std::size_t k = 0; k < w.size(); ++k) w[k] = v[k % std::size_t(c)];
+    std::vector<T> w(v, v + c);
+    w.resize(std::size_t(c + width<T>));
+    // w[k] = v[k mod c], without a divide per value: each value past c repeats the one c before it
+    for (std::size_t k = std::size_t(c); k < w.size(); ++k) w[k] = w[k - std::size_t(c)];
     return w;
 }
 
