@@ -63,6 +63,65 @@ TEST_CASE("batch_norm evaluation normalizes with the running statistics and leav
     }
 }
 
+TEST_CASE("evaluation on short planes back to back (BatchNorm NCHW, planes of width to 255 values): one flat run per sample") {
+    // a vector of the flat run spans the end of one plane and the start of the next, and blends
+    // their coefficients; planes shorter than a vector keep the plane-by-plane loop. In and out
+    // of cache (streaming stores, y one float past a vector boundary), one and two threads, with
+    // fewer samples than threads (the planes of a sample split), float and double.
+    auto check = [](auto zero, std::size_t n, std::size_t c, std::size_t h, std::size_t w, bool offset) {
+        using F = decltype(zero);
+        const std::size_t bytes = sizeof(F);
+        CAPTURE(n);
+        CAPTURE(c);
+        CAPTURE(h);
+        CAPTURE(w);
+        CAPTURE(bytes);
+        const std::array<std::size_t, 4> shape{n, c, h, w};
+        const std::size_t total = n * c * h * w, plane = h * w;
+        xt::xtensor<F, 4> x = xt::cast<F>(xt::reshape_view(th::randn({total}, 1.0, 2.0), shape));
+        xt::xtensor<F, 1> g = xt::cast<F>(th::randn({c}, 1.0, 0.5)), b = xt::cast<F>(th::randn({c}, 0.0, 0.5));
+        xt::xtensor<F, 1> rm = xt::cast<F>(th::randn({c}, 0.0, 1.0)), rv = xt::cast<F>(1.0 + xt::abs(th::randn({c})));
+        std::vector<F> ybuf(total + 64, F(-7));
+        F* yp = ybuf.data() + 1;  // on a 64-byte boundary, or (offset) one value past one
+        while ((reinterpret_cast<std::uintptr_t>(yp) % 64) != (offset ? sizeof(F) : 0)) ++yp;
+        auto y = xt::adapt(yp, total, xt::no_ownership(), shape);
+        for (int t : {1, 2}) {
+            CAPTURE(t);
+            forward(batch_norm{}, named<N, C, H, W>(x), gamma(g), beta(b), running(rm, rv), mode::eval, out(y), threads(t));
+            double err = 0, scale = 1;
+            for (std::size_t i = 0; i < total; ++i) {
+                const std::size_t k = (i / plane) % c;
+                const double want = (double(x.data()[i]) - double(rm(k))) / std::sqrt(double(rv(k)) + 1e-5) * double(g(k)) + double(b(k));
+                err = std::max(err, std::abs(double(yp[i]) - want)), scale = std::max(scale, std::abs(want));
+            }
+            CHECK(err / scale < (sizeof(F) == 4 ? 2e-6 : 1e-13));
+            CHECK(yp[-1] == F(-7));  // nothing written before y or past its end
+            CHECK(yp[total] == F(-7));
+        }
+    };
+    check(0.0f, 3, 5, 4, 5, false);    // planes of 20: each vector's coefficients from one or two planes
+    check(0.0f, 1, 37, 17, 1, true);   // one sample, planes of 17
+    check(0.0f, 2, 3, 3, 3, false);    // planes of 9: shorter than a float vector (plane by plane)
+    check(0.0, 3, 11, 3, 3, true);     // double: planes of 9
+    check(0.0f, 5, 4, 15, 17, true);   // planes of 255
+    // out of cache: y streams (plane by plane, it could not: every plane would start and end in
+    // lines the streaming stores also write)
+    const std::size_t per = 97 * 49, n = std::size_t(1.2 * engine::detail::llc_bytes() / double(2 * sizeof(float) * per)) + 1;
+    {
+        const std::vector<std::string_view> names{"N", "C", "H", "W"};
+        const std::vector<engine::index_t> shape{engine::index_t(n), 97, 7, 7};
+        const auto b = engine::bind(describe<batch_norm>(), names, shape.data(), 4, 0);
+        std::vector<float> one(1);
+        const auto view = engine::contiguous(one.data(), shape);
+        const auto p = engine::make_plan(b, view, view, true);
+        const auto d = engine::decide<float>(p, view.size(), 1, 0, true, false);
+        CHECK(d.stream);
+        CHECK(engine::explain(p, d).find("runs of every C back to back as one flat run") != std::string::npos);
+    }
+    check(0.0f, n, 97, 7, 7, true);
+    check(0.0f, n, 97, 7, 7, false);
+}
+
 TEST_CASE("norms that do not couple the batch run the same path in train and eval") {
     xt::xtensor<float, 3> x = xt::cast<float>(th::randn({3, 4, 9}));
     xt::xtensor<float, 1> g = xt::cast<float>(th::randn({9})), b = xt::cast<float>(th::randn({9}));

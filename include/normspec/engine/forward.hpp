@@ -389,6 +389,40 @@ void apply_rows_of(bool stream, const loop_dims& R, index_t r0, index_t r1, cons
     });
 }
 
+/// Short reduced runs back to back, each a kept index's (BatchNorm's 7x7 planes in evaluation:
+/// [.., keep C, reduce H*W], C's stride the run's length, in x and y): one flat run per row of the
+/// loops outside them, in which the coefficients change every len values. With len at least a
+/// vector, a vector spans at most two runs and blends their coefficients, so the stores run over
+/// whole lines (and can stream) instead of starting and ending at every run. Below 256 values:
+/// longer runs stream on their own.
+template <class T>
+inline bool flat_runs(const loop_dims& outer, const loop_dim& inner) {
+    if (outer.empty()) return false;
+    const loop_dim& d = outer.back();
+    return inner.reduced && !d.reduced && inner.sx == 1 && inner.sy == 1 && d.sx == inner.extent && d.sy == inner.extent &&
+           inner.extent >= simd::width<T> && inner.extent < 256;
+}
+
+/// Runs [r0, r1) of such a flat run (run r at x + r * len; its coefficients at mu[r * ss], ...).
+template <bool Stream, class T>
+inline void apply_flat_runs(const T* x, T* y, index_t r0, index_t r1, index_t len, const T* mu, const T* sc, const T* sh,
+                            index_t ss) {
+    using V = simd::vec<T>;
+    x += r0 * len, y += r0 * len;
+    // r: the run of the vector's first value, left: how many of its values are left from there.
+    // Lanes below `left` take run r's coefficients, the others run r + 1's (never past r1 - 1: the
+    // last run's vectors end with it). Captured by value, as apply_run's kernels.
+    simd::for_each_store<Stream>(y, (r1 - r0) * len, [=, r = r0, left = len](auto load) mutable {
+        const auto here = simd::lanes_below<T>(left);
+        const index_t a = r * ss, b = std::min(r + 1, r1 - 1) * ss;
+        const V v = xsimd::fma(load(x) - xsimd::select(here, V(mu[a]), V(mu[b])), xsimd::select(here, V(sc[a]), V(sc[b])),
+                               xsimd::select(here, V(sh[a]), V(sh[b])));
+        left -= simd::loaded_width(load);
+        if (left <= 0) ++r, left += len;  // a vector holds at most len values: at most one run ends in it
+        return v;
+    });
+}
+
 template <bool Stream, class T>
 void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const T* g, const T* bt, int nt) {
     const loop_dim inner = p.apply.back();
@@ -399,6 +433,22 @@ void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const 
         team(nt, [&] {
             const auto [b, e] = split(no * n, thread_id(), team_size());
             apply_flat<Stream>(x, y, b, e, n, w);
+            if constexpr (Stream) simd::fence();
+        });
+        return;
+    }
+    if (g == nullptr && flat_runs<T>(outer, inner)) {  // BatchNorm NCHW's short planes: a flat run per row
+        const loop_dim d = outer.back();
+        const loop_dims rows(outer.begin(), outer.end() - 1);
+        const index_t nrows = count_of(rows);
+        team(nt, [&] {
+            const int t = thread_id(), team = team_size();
+            // rows to each thread, or, with fewer rows than threads, each row's runs
+            const auto [ob, oe] = nrows >= team ? split(nrows, t, team) : std::pair<index_t, index_t>{0, nrows};
+            const auto [rb, re] = nrows >= team ? std::pair<index_t, index_t>{0, d.extent} : split(d.extent, t, team);
+            for_range(rows, ob, oe, [&](const offsets& o) {
+                apply_flat_runs<Stream>(x + o.x, y + o.y, rb, re, n, k.mu + o.stat, k.sc + o.stat, k.sh + o.stat, d.sstat);
+            });
             if constexpr (Stream) simd::fence();
         });
         return;
@@ -701,6 +751,14 @@ inline double llc_bytes() {
 /// threads). Each pair measured in one run, the two orders alternated.
 inline bool stream_output(double bytes, int threads) { return bytes / double(std::max(threads, 1)) > 0.375 * llc_bytes(); }
 
+/// Whether the normalize sweep runs flat runs of short runs (not fused; parameters folded)
+template <class T>
+inline bool flat_runs_apply(const plan& p, bool fused) {
+    if (fused || (p.has_params && !p.fold)) return false;
+    const loop_dims outer(p.apply.begin(), p.apply.end() - 1);
+    return flat_runs<T>(outer, p.apply.back());
+}
+
 }  // namespace detail
 
 /// How one call runs: what forward() does and `normspec plan` prints, decided in one place.
@@ -721,8 +779,8 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     d.threads = threads_for(total, requested_threads);
     // grouped columns read x per kept index, once per sweep, with any slab and any thread count
     d.grouped_columns = !use_running && schedule != 2 && detail::grouped_columns(p);
-    // (evaluation keeps run-by-run plain stores: reading x from memory in one block's spans of
-    // every row measured 1.4-1.9x slower on fwd_eval/batch_norm/NCHW/50x2048x7x7/t1, same run)
+    // (evaluation reads x in memory order, flat_runs: reading it from memory in one block's spans
+    // of every row measured 1.4-1.9x slower on fwd_eval/batch_norm/NCHW/50x2048x7x7/t1, same run)
     d.group_blocks = !use_running && schedule != 2 && detail::group_blocks(p);
     d.fused = !use_running && (schedule == 1 || d.grouped_columns || d.group_blocks ||
                                (schedule == 0 && detail::fusable<T>(p, d.threads)));
@@ -736,8 +794,9 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     // Short reduced runs (BatchNorm's 7x7 planes) would start and end every run with plain stores
     // in lines the streaming stores also write: plain stores throughout measured 3.7x faster
     // (fwd_eval/batch_norm/NCHW/50x2048x7x7/t1). Grouped columns and kept inner loops run long.
+    // (Unless they form one flat run per row: flat_runs.)
     const loop_dim& run = d.fused ? p.fused.back() : p.apply.back();
-    if (!d.grouped_columns && !d.group_blocks && run.reduced && run.extent < 256) d.stream = false;
+    if (!d.grouped_columns && !d.group_blocks && run.reduced && run.extent < 256 && !detail::flat_runs_apply<T>(p, d.fused)) d.stream = false;
     return d;
 }
 
@@ -769,7 +828,12 @@ inline std::string explain(const plan& p, const decision& d) {
     else if (d.fused)
         s += "sweeps: fused per kept index: statistics, then normalize while its data is in cache (x read once)\n";
     else if (d.use_running)
-        s += "sweeps: one: every element, with the running statistics (evaluation)\n";
+        s += "sweeps: one: every element, with the running statistics (evaluation)" +
+             std::string(detail::flat_runs_apply<float>(p, false)
+                             ? "; the short " + p.apply.back().name.str() + " runs of every " + p.apply[p.apply.size() - 2].name.str() +
+                                   " back to back as one flat run (a vector may span two runs)"
+                             : "") +
+             "\n";
     else
         s += "sweeps: two: every statistic (one read of x), then every element (a second read of x)\n";
     s += std::string("parameters: ") + (!p.has_params ? "none" : p.fold ? "folded into per-statistic scale and shift" : "applied per element") + "\n";

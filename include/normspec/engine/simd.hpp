@@ -121,6 +121,12 @@ struct first_load {
     vec<T> operator()(const T* p) const { return load_first(p + i, n); }
 };
 
+/// How many values a load reads
+template <class T>
+constexpr index_t loaded_width(const full_load<T>&) { return width<T>; }
+template <class T>
+constexpr index_t loaded_width(const first_load<T>& l) { return l.n; }
+
 /// A whole vector at p + i, or (Tail) only its first t values (the rest zero); and the store of one.
 template <bool Tail, class T>
 inline vec<T> load_at(const T* p, index_t i, index_t t) {
