@@ -152,11 +152,16 @@ TEST_CASE("normspec plan prints the pattern, loops, sweeps and threads that forw
     // rows shorter than four vectors are rows (no reduced loop outside them to make columns of)
     const auto short_rows = plan("--norm layer_norm --layout TD --shape 512,48");
     CHECK(short_rows.find("sweeps: fused per kept index") != std::string::npos);
-    // BatchNorm's 7x7 planes across 2048 channels: blocks of channels
-    const auto planes = plan("--norm batch_norm --layout NCHW --shape 50,2048,7,7 --threads 2");
+    // BatchNorm's 7x7 planes across 2048 channels: in cache, blocks of channels; out of cache,
+    // two sweeps in memory order, the planes of each sample as one flat run
+    const auto planes = plan("--norm batch_norm --layout NCHW --shape 8,2048,7,7 --threads 2");
     CHECK(planes.find("sweeps: per block of C") != std::string::npos);
     CHECK(planes.find("threads: 2 over blocks of kept indices") != std::string::npos);
-    CHECK(planes.find("stores: streaming") != std::string::npos);
+    CHECK(planes.find("stores: cached") != std::string::npos);
+    const auto big_planes = plan("--norm batch_norm --layout NCHW --shape 50,2048,7,7 --threads 2");
+    CHECK(big_planes.find("sweeps: two: every statistic (one read of x, in memory order)") != std::string::npos);
+    CHECK(big_planes.find("runs of every C back to back as one flat run") != std::string::npos);
+    CHECK(big_planes.find("stores: streaming") != std::string::npos);
     for (auto [norm, layout, shape] : {std::tuple{"layer_norm_cnn", "NCHW", "2,3,4,5"}, {"instance_norm", "NHWC", "2,4,5,3"},
                                        {"rms_norm", "BTD", "2,3,4"}, {"group_norm", "NCHW", "2,4,3,3 --groups 2"}})
         CHECK(plan(std::string("--norm ") + norm + " --layout " + layout + " --shape " + shape).find("pattern: [") != std::string::npos);

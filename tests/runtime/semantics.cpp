@@ -16,6 +16,22 @@
 
 using namespace normspec;
 
+namespace {
+/// The plan forward() makes for a contiguous float tensor of these axes and extents, and its
+/// element count, for asking decide() and explain() what a call would run
+struct planned {
+    engine::plan p;
+    engine::index_t size;
+};
+template <class Spec>
+planned plan_for(const std::vector<std::string_view>& names, const std::vector<engine::index_t>& dims, bool has_params) {
+    const auto b = engine::bind(describe<Spec>(), names, dims.data(), int(dims.size()), 0);
+    std::vector<float> one(1);
+    const auto view = engine::contiguous(one.data(), dims);
+    return {engine::make_plan(b, view, view, has_params), view.size()};
+}
+}  // namespace
+
 TEST_CASE("batch_norm training updates running statistics with momentum and the unbiased variance") {
     xt::xtensor<double, 4> x = th::randn({4, 3, 5, 6}, 1.0, 2.0);
     xt::xtensor<double, 1> rm{0.1, -0.2, 0.3}, rv{1.0, 2.0, 0.5};
@@ -108,13 +124,8 @@ TEST_CASE("evaluation on short planes back to back (BatchNorm NCHW, planes of wi
     // lines the streaming stores also write)
     const std::size_t per = 97 * 49, n = std::size_t(1.2 * engine::detail::llc_bytes() / double(2 * sizeof(float) * per)) + 1;
     {
-        const std::vector<std::string_view> names{"N", "C", "H", "W"};
-        const std::vector<engine::index_t> shape{engine::index_t(n), 97, 7, 7};
-        const auto b = engine::bind(describe<batch_norm>(), names, shape.data(), 4, 0);
-        std::vector<float> one(1);
-        const auto view = engine::contiguous(one.data(), shape);
-        const auto p = engine::make_plan(b, view, view, true);
-        const auto d = engine::decide<float>(p, view.size(), 1, 0, true, false);
+        const auto [p, size] = plan_for<batch_norm>({"N", "C", "H", "W"}, {engine::index_t(n), 97, 7, 7}, true);
+        const auto d = engine::decide<float>(p, size, 1, 0, true, false);
         CHECK(d.stream);
         CHECK(engine::explain(p, d).find("runs of every C back to back as one flat run") != std::string::npos);
     }
@@ -332,21 +343,40 @@ TEST_CASE("short planes in wide rows (BatchNorm, InstanceNorm on NCHW with 7x7 a
     const auto want = ref::norm(describe<batch_norm>(), {"N", "C", "H", "W"}, xt::cast<double>(x), {}, {}, 0, 1e-5);
     for (int t : {1, 2}) {
         CAPTURE(t);
-        auto r = forward(batch_norm{}, named<N, C, H, W>(x), threads(t));
-        CHECK(th::rel_err(r.rstd, want.rstd) < 1e-6);
-        CHECK(std::abs(r.rstd(0) / want.rstd(0) - 1) < 1e-6);  // channel 0 on its own (its rstd is small)
-        CHECK(th::rel_err(r.y, want.y) < 2e-6);
+        // blocks of channels, and (forced) two sweeps: the statistics in memory order, where
+        // channel 0's centre (its first run's first vector) is far from its mean and its runs are
+        // taken again
+        for (auto r : {forward(batch_norm{}, named<N, C, H, W>(x), threads(t)),
+                       forward(batch_norm{}, named<N, C, H, W>(x), threads(t), schedule::two_sweeps)}) {
+            CHECK(th::rel_err(r.rstd, want.rstd) < 1e-6);
+            CHECK(std::abs(r.rstd(0) / want.rstd(0) - 1) < 1e-6);  // channel 0 on its own (its rstd is small)
+            CHECK(th::rel_err(r.y, want.y) < 2e-6);
+        }
     }
-    // out of cache, y one float past a vector boundary: streaming stores with aligning heads
+    // out of cache, y one float past a vector boundary: two sweeps in memory order (the plan says
+    // so), streaming stores with aligning heads; large offsets and channel 0's outliers first again
     const std::size_t per = 97 * 49, n = std::size_t(1.2 * engine::detail::llc_bytes() / double(2 * sizeof(float) * per)) + 1;
     const std::array<std::size_t, 4> shape{n, 97, 7, 7};
-    xt::xtensor<float, 4> big = xt::cast<float>(xt::reshape_view(th::randn({n * per}, 1.0), shape));
+    {
+        const auto [p, size] = plan_for<batch_norm>({"N", "C", "H", "W"}, {engine::index_t(n), 97, 7, 7}, false);
+        const auto d = engine::decide<float>(p, size, 1, 0, false, false);
+        CHECK_FALSE(d.fused);
+        CHECK(d.stream);
+        CHECK(engine::explain(p, d).find("one read of x, in memory order") != std::string::npos);
+    }
+    xt::xtensor<float, 4> big = xt::cast<float>(xt::reshape_view(th::randn({n * per}, 1e4, 1.0), shape));
+    for (std::size_t i = 0; i < 16; ++i) big(0, 0, i / 7, i % 7) += 100.0f;
     std::vector<float> ybuf(n * per + 64);
     float* yp = th::placed(ybuf, 64, sizeof(float));
     auto y = xt::adapt(yp, n * per, xt::no_ownership(), shape);
-    forward(batch_norm{}, named<N, C, H, W>(big), out(y));
     const auto want_big = ref::norm(describe<batch_norm>(), {"N", "C", "H", "W"}, xt::cast<double>(big), {}, {}, 0, 1e-5);
-    CHECK(th::rel_err(y, want_big.y) < 2e-6);
+    for (int t : {1, 2}) {
+        CAPTURE(t);
+        const auto r = forward(batch_norm{}, named<N, C, H, W>(big), out(y), threads(t));
+        CHECK(th::rel_err(r.rstd, want_big.rstd) < 1e-6);
+        CHECK(std::abs(r.rstd(0) / want_big.rstd(0) - 1) < 1e-6);
+        CHECK(th::rel_err(y, want_big.y) < 2e-6);
+    }
 }
 
 TEST_CASE("streaming stores: decided by each thread's share of x and y; LayerNorm and RMSNorm rows streamed give the same values") {
@@ -358,16 +388,11 @@ TEST_CASE("streaming stores: decided by each thread's share of x and y; LayerNor
     {
         const std::size_t width = 1031, rows = rows_for(width) + 8;
         REQUIRE(2.0 * sizeof(float) * double(rows * width) < 0.75 * engine::detail::llc_bytes());
-        const std::vector<std::string_view> names{"T", "D"};
-        const std::vector<engine::index_t> shape{engine::index_t(rows), engine::index_t(width)};
-        const auto b = engine::bind(describe<layer_norm>(), names, shape.data(), 2, 0);
-        std::vector<float> one(1);
-        const auto view = engine::contiguous(one.data(), shape);
-        const auto p = engine::make_plan(b, view, view, true);
-        CHECK(engine::decide<float>(p, view.size(), 1, 0, false, false).stream);
-        const auto two = engine::decide<float>(p, view.size(), 2, 0, false, false);
+        const auto [p, size] = plan_for<layer_norm>({"T", "D"}, {engine::index_t(rows), engine::index_t(width)}, true);
+        CHECK(engine::decide<float>(p, size, 1, 0, false, false).stream);
+        const auto two = engine::decide<float>(p, size, 2, 0, false, false);
         if (two.threads == 2) CHECK_FALSE(two.stream);
-        CHECK_FALSE(engine::decide<float>(p, view.size(), 1, 0, false, true).stream);  // in place: never
+        CHECK_FALSE(engine::decide<float>(p, size, 1, 0, false, true).stream);  // in place: never
     }
     // widths: every row at its own offset from a vector boundary (1031: row by row), all rows at
     // the same one (1024, and 256, the shortest rows that stream: blocks of rows stream together);

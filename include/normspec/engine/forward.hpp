@@ -150,9 +150,90 @@ void runs_moments(const loop_dims& R, index_t r0, index_t r1, const T* base, ind
     for_row_batches(R, r0, r1, base, chunk / n, runs, [&](const T* const* p, index_t k) { accumulate_chunk<Rms>(p, k, n, m); });
 }
 
+/// Short reduced runs back to back, each a kept index's (BatchNorm's 7x7 planes in evaluation:
+/// [.., keep C, reduce H*W], C's stride the run's length, in x and y): one flat run per row of the
+/// loops outside them, in which the coefficients change every len values. With len at least a
+/// vector, a vector spans at most two runs and blends their coefficients, so the stores run over
+/// whole lines (and can stream) instead of starting and ending at every run. Below 256 values:
+/// longer runs stream on their own.
+template <class T>
+inline bool flat_runs(const loop_dims& outer, const loop_dim& inner) {
+    if (outer.empty()) return false;
+    const loop_dim& d = outer.back();
+    return inner.reduced && !d.reduced && inner.sx == 1 && inner.sy == 1 && d.sx == inner.extent && d.sy == inner.extent &&
+           inner.extent >= simd::width<T> && inner.extent < 256;
+}
+
+/// Moments of such short runs, taken in memory order (BatchNorm NCHW's 7x7 planes: sample by
+/// sample, each channel's plane), where statistic by statistic the reads would jump a sample's
+/// length at every plane: per statistic, each run's sums about a centre (the mean of the first
+/// run's first vector) in T, added up in double. Threads take kept indices (each a span of every
+/// row). A statistic whose mean lies far from its centre (sorted data, outliers first: the
+/// variance would lose precision) takes its runs again, statistic by statistic, about their own
+/// chunks' means.
+template <bool Rms, class T>
+std::vector<moments> runs_statistics(const plan& p, const T* x, index_t stat_count, int nt) {
+    std::vector<moments> out(static_cast<std::size_t>(stat_count));
+    const loop_dim inner = p.stats.back(), kd = p.stats[p.stats.size() - 2];
+    const loop_dims rows(p.stats.begin(), p.stats.end() - 2);  // reduced: no statistic offset
+    const index_t nrows = count_of(rows), len = inner.extent;
+    const double count = double(nrows) * double(len);
+    team(nt, [&] {
+        const auto [kb, ke] = split(kd.extent, thread_id(), team_size());
+        if (kb == ke) return;
+        const std::size_t nk = std::size_t(ke - kb);
+        std::vector<T> centre(nk, T(0));
+        std::vector<double> lin(nk, 0.0), sq(nk, 0.0);
+        bool first = true;
+        for_range(rows, 0, nrows, [&](const offsets& o) {
+            const T* run = x + o.x + kb * kd.sx;
+            if (!Rms && first) {
+                const index_t head = std::min<index_t>(len, simd::width<T>);
+                for (std::size_t k = 0; k < nk; ++k)
+                    centre[k] = T(double(simd::sum(run + index_t(k) * kd.sx, head)) * (1.0 / double(head)));
+                first = false;
+            }
+            for (std::size_t k = 0; k < nk; ++k, run += kd.sx) {
+                if constexpr (Rms) {
+                    sq[k] += double(simd::squares(run, len));
+                } else {
+                    T r, q;
+                    simd::shifted_sums(&run, 1, len, centre[k], r, q);
+                    lin[k] += double(r), sq[k] += double(q);
+                }
+            }
+        });
+        std::vector<const T*> runs;
+        for (std::size_t k = 0; k < nk; ++k) {
+            moments& m = out[std::size_t((kb + index_t(k)) * kd.sstat)];
+            if constexpr (Rms) {
+                m.merge<true>(count, 0.0, sq[k]);
+            } else {
+                const double shift = lin[k] / count, m2 = sq[k] - lin[k] * shift;
+                if (lin[k] * shift <= m2)
+                    m.merge<false>(count, double(centre[k]) + shift, m2);
+                else  // the mean more than a standard deviation from the centre
+                    runs_moments<Rms>(rows, 0, nrows, x + (kb + index_t(k)) * kd.sx, len, 1, m, runs);
+            }
+        }
+    });
+    return out;
+}
+
+/// The statistics' loops are short runs back to back under reduced rows: runs_statistics.
+template <class T>
+inline bool runs_in_memory_order(const plan& p) {
+    if (p.stats.size() < 2) return false;
+    const loop_dims outer(p.stats.begin(), p.stats.end() - 1);
+    for (std::size_t i = 0; i + 1 < outer.size(); ++i)
+        if (!outer[i].reduced) return false;
+    return flat_runs<T>(outer, p.stats.back());
+}
+
 /// Moments of every statistic, indexed by statistic offset.
 template <bool Rms, class T>
 std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, int nt) {
+    if (runs_in_memory_order<T>(p)) return runs_statistics<Rms>(p, x, stat_count, nt);
     std::vector<moments> out(static_cast<std::size_t>(stat_count));
     const loop_dim inner = p.stats.back();
     const outer_loops outer = outer_of(p.stats, 1);
@@ -387,20 +468,6 @@ void apply_rows_of(bool stream, const loop_dims& R, index_t r0, index_t r1, cons
         apply_run_stores<T>(stream, x + r.x, y + r.y, n, inner.sx, inner.sy, mu, sc, sh, ss, g ? g + r.param : nullptr,
                             bt ? bt + r.param : nullptr, inner.sparam);
     });
-}
-
-/// Short reduced runs back to back, each a kept index's (BatchNorm's 7x7 planes in evaluation:
-/// [.., keep C, reduce H*W], C's stride the run's length, in x and y): one flat run per row of the
-/// loops outside them, in which the coefficients change every len values. With len at least a
-/// vector, a vector spans at most two runs and blends their coefficients, so the stores run over
-/// whole lines (and can stream) instead of starting and ending at every run. Below 256 values:
-/// longer runs stream on their own.
-template <class T>
-inline bool flat_runs(const loop_dims& outer, const loop_dim& inner) {
-    if (outer.empty()) return false;
-    const loop_dim& d = outer.back();
-    return inner.reduced && !d.reduced && inner.sx == 1 && inner.sy == 1 && d.sx == inner.extent && d.sy == inner.extent &&
-           inner.extent >= simd::width<T> && inner.extent < 256;
 }
 
 /// Runs [r0, r1) of such a flat run (run r at x + r * len; its coefficients at mu[r * ss], ...).
@@ -781,9 +848,15 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     d.grouped_columns = !use_running && schedule != 2 && detail::grouped_columns(p);
     // (evaluation reads x in memory order, flat_runs: reading it from memory in one block's spans
     // of every row measured 1.4-1.9x slower on fwd_eval/batch_norm/NCHW/50x2048x7x7/t1, same run)
-    d.group_blocks = !use_running && schedule != 2 && detail::group_blocks(p);
-    d.fused = !use_running && (schedule == 1 || d.grouped_columns || d.group_blocks ||
-                               (schedule == 0 && detail::fusable<T>(p, d.threads)));
+    // Out of cache, short runs back to back (BatchNorm NCHW's 7x7 planes) take two sweeps in
+    // memory order instead: the statistics (runs_statistics), then one flat run per row
+    // (50x2048x7x7 training, one thread: 1.7x faster than blocks of channels, same run).
+    const bool in_order = !use_running && schedule == 0 && detail::runs_in_memory_order<T>(p) &&
+                          detail::flat_runs_apply<T>(p, false) &&
+                          detail::stream_output(2.0 * double(total) * sizeof(T), d.threads);
+    d.group_blocks = !use_running && schedule != 2 && !in_order && detail::group_blocks(p);
+    d.fused = !use_running && !in_order &&
+              (schedule == 1 || d.grouped_columns || d.group_blocks || (schedule == 0 && detail::fusable<T>(p, d.threads)));
     // fewer kept indices than threads: the threads split the reduction (grouped columns: the
     // kept indices outside the group's two loops)
     if (d.grouped_columns)
@@ -827,15 +900,18 @@ inline std::string explain(const plan& p, const decision& d) {
              "y written in order)\n";
     else if (d.fused)
         s += "sweeps: fused per kept index: statistics, then normalize while its data is in cache (x read once)\n";
-    else if (d.use_running)
-        s += "sweeps: one: every element, with the running statistics (evaluation)" +
-             std::string(detail::flat_runs_apply<float>(p, false)
-                             ? "; the short " + p.apply.back().name.str() + " runs of every " + p.apply[p.apply.size() - 2].name.str() +
-                                   " back to back as one flat run (a vector may span two runs)"
-                             : "") +
-             "\n";
-    else
-        s += "sweeps: two: every statistic (one read of x), then every element (a second read of x)\n";
+    else {
+        const std::string flat = detail::flat_runs_apply<float>(p, false)
+                                     ? "; the short " + p.apply.back().name.str() + " runs of every " +
+                                           p.apply[p.apply.size() - 2].name.str() + " back to back as one flat run (a vector may span two runs)"
+                                     : "";
+        if (d.use_running)
+            s += "sweeps: one: every element, with the running statistics (evaluation)" + flat + "\n";
+        else
+            s += "sweeps: two: every statistic (one read of x" +
+                 std::string(detail::runs_in_memory_order<float>(p) ? ", in memory order" : "") +
+                 "), then every element (a second read of x)" + flat + "\n";
+    }
     s += std::string("parameters: ") + (!p.has_params ? "none" : p.fold ? "folded into per-statistic scale and shift" : "applied per element") + "\n";
     s += "threads: " + std::to_string(d.threads) +
          (d.threads == 1              ? ""
