@@ -406,7 +406,8 @@ TEST_CASE("out of cache: the streaming-store kernels (aligning heads, flat colum
     // the streaming paths run; y and dx start one float past a vector boundary, so the aligning
     // heads run too. BatchNorm on NHWC: forward and backward normalize one flat run of columns;
     // on NCHW with 16x17 planes, backward streams dx plane by plane; with 7x7 planes of 97
-    // channels, each sample's span of a block of channels.
+    // channels, each sample's span of each thread's channels in memory order, a vector of dx that
+    // spans two planes blending their coefficients.
     auto check = [](auto names, std::size_t nc, std::size_t plane, auto channel_of) {
         using Names = decltype(names);
         const std::size_t per = nc * plane;

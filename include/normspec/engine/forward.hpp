@@ -474,19 +474,9 @@ void apply_rows_of(bool stream, const loop_dims& R, index_t r0, index_t r1, cons
 template <bool Stream, class T>
 inline void apply_flat_runs(const T* x, T* y, index_t r0, index_t r1, index_t len, const T* mu, const T* sc, const T* sh,
                             index_t ss) {
-    using V = simd::vec<T>;
-    x += r0 * len, y += r0 * len;
-    // r: the run of the vector's first value, left: how many of its values are left from there.
-    // Lanes below `left` take run r's coefficients, the others run r + 1's (never past r1 - 1: the
-    // last run's vectors end with it). Captured by value, as apply_run's kernels.
-    simd::for_each_store<Stream>(y, (r1 - r0) * len, [=, r = r0, left = len](auto load) mutable {
-        const auto here = simd::lanes_below<T>(left);
-        const index_t a = r * ss, b = std::min(r + 1, r1 - 1) * ss;
-        const V v = xsimd::fma(load(x) - xsimd::select(here, V(mu[a]), V(mu[b])), xsimd::select(here, V(sc[a]), V(sc[b])),
-                               xsimd::select(here, V(sh[a]), V(sh[b])));
-        left -= simd::loaded_width(load);
-        if (left <= 0) ++r, left += len;  // a vector holds at most len values: at most one run ends in it
-        return v;
+    x += r0 * len, y += r0 * len, mu += r0 * ss, sc += r0 * ss, sh += r0 * ss;
+    simd::for_each_run_store<Stream>(y, r1 - r0, len, ss, [=](auto load, auto pick) {
+        return xsimd::fma(load(x) - pick(mu), pick(sc), pick(sh));
     });
 }
 

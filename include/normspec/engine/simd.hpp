@@ -301,6 +301,24 @@ template <bool Stream, class T, class F>
     if (i < n) store_part<Stream>(y + i, n - i, f(first_load<T>{i, n - i}));
 }
 
+/// The same over nruns runs of len values back to back (len >= width), whose coefficients change
+/// from run to run: f(load, pick), where pick(c) is the vector of c[k * s] for the run k of each
+/// lane. A vector spans at most two runs; its lanes before the run's end take that run's value,
+/// the rest the next run's, so the stores run over whole lines instead of starting and ending
+/// at every run.
+template <bool Stream, class T, class F>
+[[gnu::always_inline]] inline void for_each_run_store(T* y, index_t nruns, index_t len, index_t s, F&& f) {
+    index_t r = 0, left = len;  // the run of the vector's first value, and its values from there
+    for_each_store<Stream>(y, nruns * len, [&](auto load) {
+        const auto here = lanes_below<T>(left);
+        const index_t a = r * s, b = std::min(r + 1, nruns - 1) * s;  // never past the last run
+        const vec<T> v = f(load, [&](const T* c) { return xsimd::select(here, vec<T>(c[a]), vec<T>(c[b])); });
+        left -= loaded_width(load);
+        if (left <= 0) ++r, left += len;  // at most one run ends in a vector
+        return v;
+    });
+}
+
 /// The same over positions [b, e) of a flat run of rows of c lanes (lane = position mod c), for
 /// columns whose rows are contiguous: f(load, j) where j is the lane of the vector's first value,
 /// and per-lane arrays hold c + width values (lane k's at k, wrapping round) so that
