@@ -326,9 +326,11 @@ TEST_CASE("statistics stay exact when a chunk's first values are far from its me
     CHECK(th::rel_err(r.y, want.y) < 2e-6);
 }
 
-TEST_CASE("short planes in wide rows (BatchNorm, InstanceNorm on NCHW with 7x7 and 5x5 planes): blocks of channels") {
-    // C * H * W above 4096 with H * W under 256: statistics from a chunk's worth of planes at a
-    // time, then each sample's span of a block of channels as one flat run
+TEST_CASE("short planes in wide rows (BatchNorm, InstanceNorm on NCHW with 7x7, 5x5 and 3x3 planes)") {
+    // C * H * W above 4096 with H * W under 256: BatchNorm's planes of a vector or more take two
+    // sweeps in memory order (the statistics, then each sample's planes as one flat run); 3x3
+    // planes in float go in blocks of channels (statistics from a chunk's worth of planes at a
+    // time, then each sample's span of a block as one flat run)
     for (auto shape : std::vector<std::vector<std::size_t>>{{3, 97, 7, 7}, {2, 171, 5, 5}, {1, 700, 3, 3}}) {
         CAPTURE(shape);
         const xt::xarray<double> x = th::randn(shape, 0.5, 2.0);

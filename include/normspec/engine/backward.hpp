@@ -440,11 +440,12 @@ void backward_group_blocks(const spec_desc& spec, const plan& p, const backward_
     const loop_dim member = p.fused.back(), gd = p.fused[p.fused.size() - 2];
     const outer_loops outer = outer_of(p.fused, 2);
     const index_t nk = count_of(outer.K), nr = count_of(outer.R), cg = member.extent;
-    // Out of cache, a thread's block is all its channels, each row's span read and written in
-    // memory order, the coefficients per channel (flat_dx_runs): 50x2048x7x7 measured 0.86-0.92
-    // of 64 KiB blocks' time at one thread, 0.76-0.77 at two (standalone, alternated). In cache,
-    // blocks of 64 KiB of x, of dy.
-    const bool in_order = stream && cg >= simd::width<T>;
+    // With planes of a vector or more, a thread's block is all its channels, each row's span read
+    // and written in memory order, the coefficients per channel (flat_dx_runs). Time against
+    // blocks of 64 KiB of x and of dy, standalone, alternated: 50x2048x7x7 at 0.86-0.92 (one
+    // thread) and 0.76-0.77 (two); in cache, 8x2048x7x7 at 0.79 and 0.72, 16x512x7x7 at 0.84 and
+    // 0.82, 3x97x7x7 at 0.09. Shorter planes keep the blocks.
+    const bool in_order = cg >= simd::width<T>;
     const index_t per_thread = (gd.extent + nt - 1) / nt;
     const group_blocking bl(in_order ? double(per_thread * nr * cg) * sizeof(T) : fuse_slab_bytes / 16, sizeof(T), nr, cg, gd.extent);
     const bool want = a.dgamma || a.dbeta, exact_mean = a.mean && !a.constant_stats;
