@@ -162,6 +162,10 @@ TEST_CASE("normspec plan prints the pattern, loops, sweeps and threads that forw
     CHECK(big_planes.find("sweeps: two: every statistic (one read of x, in memory order)") != std::string::npos);
     CHECK(big_planes.find("runs of every C back to back as one flat run") != std::string::npos);
     CHECK(big_planes.find("stores: streaming") != std::string::npos);
+    // where grouped columns apply too (C*H*W up to 4096): they keep runs under three vectors, the
+    // sweeps in memory order take longer ones
+    CHECK(plan("--norm batch_norm --layout NCHW --shape 64,32,4,5").find("merged per group") != std::string::npos);
+    CHECK(plan("--norm batch_norm --layout NCHW --shape 8,64,7,7").find("one read of x, in memory order") != std::string::npos);
     for (auto [norm, layout, shape] : {std::tuple{"layer_norm_cnn", "NCHW", "2,3,4,5"}, {"instance_norm", "NHWC", "2,4,5,3"},
                                        {"rms_norm", "BTD", "2,3,4"}, {"group_norm", "NCHW", "2,4,3,3 --groups 2"}})
         CHECK(plan(std::string("--norm ") + norm + " --layout " + layout + " --shape " + shape).find("pattern: [") != std::string::npos);

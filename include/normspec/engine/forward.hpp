@@ -834,16 +834,20 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     decision d;
     d.use_running = use_running;
     d.threads = threads_for(total, requested_threads);
-    // grouped columns read x per kept index, once per sweep, with any slab and any thread count
-    d.grouped_columns = !use_running && schedule != 2 && detail::grouped_columns(p);
-    // (evaluation reads x in memory order, flat_runs: reading it from memory in one block's spans
-    // of every row measured 1.4-1.9x slower on fwd_eval/batch_norm/NCHW/50x2048x7x7/t1, same run)
     // Short runs back to back (BatchNorm NCHW's 7x7 planes) take two sweeps in memory order
     // instead: the statistics (runs_statistics), then one flat run per row. Time against blocks
     // of channels, same run: out of cache, 50x2048x7x7 at 0.73 (one thread) and 0.89 (two); in
-    // cache, 8x2048x7x7 at 0.41 and 0.31, 16x512x7x7 at 0.79 and 0.81, 3x97x7x7 at 0.24.
+    // cache, 8x2048x7x7 at 0.41 and 0.31, 16x512x7x7 at 0.79 and 0.81, 3x97x7x7 at 0.24. Where
+    // grouped columns apply too (C*H*W up to 4096), only for runs of three vectors or more:
+    // against them, 8x64x7x7 at 0.41 (one and two threads), 32x64x7x7 at 0.66 and 0.40; with
+    // runs of 20-36 values at one thread 1.07-2x slower (64x32x4x5, 5x5, 6x6, 8x4).
     const bool in_order = !use_running && schedule == 0 && detail::runs_in_memory_order<T>(p) &&
-                          detail::flat_runs_apply<T>(p, false);
+                          detail::flat_runs_apply<T>(p, false) &&
+                          (!detail::grouped_columns(p) || p.fused.back().extent >= 3 * simd::width<T>);
+    // grouped columns read x per kept index, once per sweep, with any slab and any thread count
+    d.grouped_columns = !use_running && schedule != 2 && !in_order && detail::grouped_columns(p);
+    // (evaluation reads x in memory order, flat_runs: reading it from memory in one block's spans
+    // of every row measured 1.4-1.9x slower on fwd_eval/batch_norm/NCHW/50x2048x7x7/t1, same run)
     d.group_blocks = !use_running && schedule != 2 && !in_order && detail::group_blocks(p);
     d.fused = !use_running && !in_order &&
               (schedule == 1 || d.grouped_columns || d.group_blocks || (schedule == 0 && detail::fusable<T>(p, d.threads)));
