@@ -150,7 +150,7 @@ void runs_moments(const loop_dims& R, index_t r0, index_t r1, const T* base, ind
     for_row_batches(R, r0, r1, base, chunk / n, runs, [&](const T* const* p, index_t k) { accumulate_chunk<Rms>(p, k, n, m); });
 }
 
-/// Short reduced runs back to back, each a kept index's (BatchNorm's 7x7 planes in evaluation:
+/// Short reduced runs back to back, each a kept index's (BatchNorm's 7x7 planes, unfused:
 /// [.., keep C, reduce H*W], C's stride the run's length, in x and y): one flat run per row of the
 /// loops outside them, in which the coefficients change every len values. With len at least a
 /// vector, a vector spans at most two runs and blends their coefficients, so the stores run over
@@ -827,6 +827,8 @@ struct decision {
     bool split_reduction = false;  // two sweeps with fewer kept indices than threads
     bool stream = false;           // streaming stores for y
     bool use_running = false;      // evaluation with running statistics: no statistics sweep
+    bool stats_in_order = false;   // unfused: the statistics of short runs in memory order (runs_statistics)
+    bool flat_runs = false;        // unfused: the normalize sweep's short runs as one flat run per row
 };
 
 template <class T>
@@ -851,6 +853,8 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     d.group_blocks = !use_running && schedule != 2 && !in_order && detail::group_blocks(p);
     d.fused = !use_running && !in_order &&
               (schedule == 1 || d.grouped_columns || d.group_blocks || (schedule == 0 && detail::fusable<T>(p, d.threads)));
+    d.stats_in_order = !d.fused && !use_running && detail::runs_in_memory_order<T>(p);
+    d.flat_runs = detail::flat_runs_apply<T>(p, d.fused);
     // fewer kept indices than threads: the threads split the reduction (grouped columns: the
     // kept indices outside the group's two loops)
     if (d.grouped_columns)
@@ -863,7 +867,7 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     // (fwd_eval/batch_norm/NCHW/50x2048x7x7/t1). Grouped columns and kept inner loops run long.
     // (Unless they form one flat run per row: flat_runs.)
     const loop_dim& run = d.fused ? p.fused.back() : p.apply.back();
-    if (!d.grouped_columns && !d.group_blocks && run.reduced && run.extent < 256 && !detail::flat_runs_apply<T>(p, d.fused)) d.stream = false;
+    if (!d.grouped_columns && !d.group_blocks && run.reduced && run.extent < 256 && !d.flat_runs) d.stream = false;
     return d;
 }
 
@@ -895,15 +899,14 @@ inline std::string explain(const plan& p, const decision& d) {
     else if (d.fused)
         s += "sweeps: fused per kept index: statistics, then normalize while its data is in cache (x read once)\n";
     else {
-        const std::string flat = detail::flat_runs_apply<float>(p, false)
-                                     ? "; the short " + p.apply.back().name.str() + " runs of every " +
-                                           p.apply[p.apply.size() - 2].name.str() + " back to back as one flat run (a vector may span two runs)"
-                                     : "";
+        const std::string flat = d.flat_runs ? "; the short " + p.apply.back().name.str() + " runs of every " +
+                                                   p.apply[p.apply.size() - 2].name.str() +
+                                                   " back to back as one flat run (a vector may span two runs)"
+                                             : "";
         if (d.use_running)
             s += "sweeps: one: every element, with the running statistics (evaluation)" + flat + "\n";
         else
-            s += "sweeps: two: every statistic (one read of x" +
-                 std::string(detail::runs_in_memory_order<float>(p) ? ", in memory order" : "") +
+            s += "sweeps: two: every statistic (one read of x" + std::string(d.stats_in_order ? ", in memory order" : "") +
                  "), then every element (a second read of x)" + flat + "\n";
     }
     s += std::string("parameters: ") + (!p.has_params ? "none" : p.fold ? "folded into per-statistic scale and shift" : "applied per element") + "\n";
