@@ -23,10 +23,13 @@ inline xt::xarray<double> randn(std::vector<std::size_t> shape, double offset = 
     return a;
 }
 
-/// The first float of buf that lies `offset` bytes past a multiple of `modulus` bytes (placing an
-/// output off a vector boundary, or at a chosen page offset); buf needs modulus / 4 floats to spare.
-inline float* placed(std::vector<float>& buf, std::uintptr_t modulus, std::uintptr_t offset) {
-    std::size_t k = 0;
+/// The first value of buf, at index `from` or later, that lies `offset` bytes past a multiple of
+/// `modulus` bytes (placing an output off a vector boundary, or at a chosen page offset; from > 0
+/// leaves values before it to check that nothing was written there); buf needs from + modulus /
+/// sizeof(T) values to spare.
+template <class T>
+inline T* placed(std::vector<T>& buf, std::uintptr_t modulus, std::uintptr_t offset, std::size_t from = 0) {
+    std::size_t k = from;
     while (reinterpret_cast<std::uintptr_t>(buf.data() + k) % modulus != offset % modulus) ++k;
     return buf.data() + k;
 }

@@ -98,8 +98,7 @@ TEST_CASE("evaluation on short planes back to back (BatchNorm NCHW, planes of wi
         xt::xtensor<F, 1> g = xt::cast<F>(th::randn({c}, 1.0, 0.5)), b = xt::cast<F>(th::randn({c}, 0.0, 0.5));
         xt::xtensor<F, 1> rm = xt::cast<F>(th::randn({c}, 0.0, 1.0)), rv = xt::cast<F>(1.0 + xt::abs(th::randn({c})));
         std::vector<F> ybuf(total + 64, F(-7));
-        F* yp = ybuf.data() + 1;  // on a 64-byte boundary, or (offset) one value past one
-        while ((reinterpret_cast<std::uintptr_t>(yp) % 64) != (offset ? sizeof(F) : 0)) ++yp;
+        F* yp = th::placed(ybuf, 64, offset ? sizeof(F) : 0, 1);  // on a 64-byte boundary, or (offset) one value past one
         auto y = xt::adapt(yp, total, xt::no_ownership(), shape);
         for (int t : {1, 2}) {
             CAPTURE(t);
