@@ -145,21 +145,6 @@ inline double residue_of(const T* x, index_t n, T m) {
     return double(simd::fold4(x, n, [&](auto acc, auto v) { return acc + (v - decltype(v)(m)); }));
 }
 
-/// Rows [r0, r1) of R in blocks that stay in cache (at most 64 rows and about 16 K values of
-/// each array): block(rows, count) per block.
-template <class Block>
-void column_blocks(const loop_dims& R, index_t r0, index_t r1, index_t n, Block&& block) {
-    constexpr index_t most = 64;
-    const index_t per = std::max<index_t>(1, std::min<index_t>(most, 16384 / std::max<index_t>(n, 1)));
-    offsets rows[most];
-    index_t count = 0;
-    for_range(R, r0, r1, [&](const offsets& r) {
-        rows[count++] = r;
-        if (count == per) block(rows, count), count = 0;
-    });
-    if (count) block(rows, count);
-}
-
 /// f.template operator()<Tail>(j, t) for every vector of lanes [j, j + t) of n lanes: whole
 /// vectors, then one masked vector for the rest.
 template <class T, class F>
@@ -179,18 +164,21 @@ inline void add_lanes(double* out, index_t t, const simd::vec<T>& v) {
 }
 
 /// NV vectors of lanes from lane j (the last Tail: only t of its lanes) down rows[0, count): the
-/// sums of dy, of dy * (x - mh) and of x - mh, in registers, added to sd, sq, sr in double.
+/// sums of dy, of dy * (x - mh) and of x - mh, in registers, added to sd, sq, sr in double. The
+/// same lanes of the next block's rows (next[0, nnext)) are asked for in L2 along the way, as in
+/// the forward's column_group.
 template <int NV, bool Tail, class T>
-inline void lane_group_sums(const T* X, const T* DY, const offsets* rows, index_t count, const T* mh, index_t j, index_t t,
-                            double* sd, double* sq, double* sr) {
+inline void lane_group_sums(const T* X, const T* DY, const offsets* rows, index_t count, const offsets* next, index_t nnext,
+                            const T* mh, index_t j, index_t t, double* sd, double* sq, double* sr) {
     using V = simd::vec<T>;
     constexpr index_t L = simd::width<T>;
+    constexpr index_t ask = NV * L * index_t(sizeof(T));
     V m[NV], ad[NV], aq[NV], ar[NV];
     for (int v = 0; v < NV; ++v) {
         m[v] = load_at<Tail>(mh, j + v * L, t);
         ad[v] = aq[v] = ar[v] = V(T(0));
     }
-    for (index_t i = 0; i < count; ++i) {
+    auto step = [&](index_t i) {
         const T* x = X + rows[i].x + j;
         const T* dy = DY + rows[i].dy + j;
 #pragma GCC unroll 4
@@ -200,7 +188,13 @@ inline void lane_group_sums(const T* X, const T* DY, const offsets* rows, index_
             aq[v] = xsimd::fma(d, xc, aq[v]);
             ar[v] += xc;
         }
+    };
+    const index_t asking = std::min(count, nnext);  // rows with a next row to ask for, then the rest
+    for (index_t i = 0; i < asking; ++i) {
+        simd::prefetch_l2<ask>(X + next[i].x + j), simd::prefetch_l2<ask>(DY + next[i].dy + j);
+        step(i);
     }
+    for (index_t i = asking; i < count; ++i) step(i);
     for (int v = 0; v < NV; ++v) {
         const index_t lanes = Tail ? t : L;
         add_lanes<T>(sd + j + v * L, lanes, ad[v]);
@@ -225,11 +219,15 @@ void column_sums(const backward_context<T>& cx, const offsets& kk, const column_
     const T* DY = cx.a.dy.data + kk.dy;
     std::vector<double> sd(std::size_t(n), 0.0), sq(sd), sr(sd);
     const T* mh = ln.mhi.data();  // with the saved mean, which T holds exactly, mlo is 0
-    column_blocks(cx.R, r0, r1, n, [&](const offsets* rows, index_t count) {
-        simd::for_vector_groups<T>(n, [&]<int NV, bool Tail>(index_t j, index_t t) {
-            lane_group_sums<NV, Tail>(X, DY, rows, count, mh, j, t, sd.data(), sq.data(), sr.data());
-        });
-    });
+    std::vector<offsets> blocks;
+    const bool ahead = detail::ask_ahead<T>(2.0 * double(r1 - r0) * double(n) * sizeof(T), n);  // x and dy
+    for_blocks_ahead(cx.R, r0, r1, column_block_rows(n), blocks, [](const offsets& r) { return r; },
+                     [&](const offsets* rows, index_t count, const offsets* next, index_t nnext) {
+                         if (!ahead) nnext = 0;
+                         simd::for_vector_groups<T>(n, [&]<int NV, bool Tail>(index_t j, index_t t) {
+                             lane_group_sums<NV, Tail>(X, DY, rows, count, next, nnext, mh, j, t, sd.data(), sq.data(), sr.data());
+                         });
+                     });
     for (index_t j = 0; j < n; ++j) {
         const double gj = !g ? 1.0 : double(g[j * sp]), rsj = double(ln.rs[std::size_t(j)]), q = sq[std::size_t(j)] * rsj;
         t1[j] += gj * sd[std::size_t(j)];

@@ -121,27 +121,43 @@ inline void accumulate_run(const T* x, index_t n, index_t s, moments& m) {
 /// passes down the rows with everything in registers (the block is in L1 by the second): the
 /// block's column sums, then the squared deviations from the block's column means (and their
 /// sum, the rounding residue); merge(column, block mean, sum of squares, residue) per column.
-/// rms: one pass of squares.
+/// rms: one pass of squares. The first pass asks for the same columns of the next block's rows
+/// (next[0, nnext)) in L2: a block's column groups read its rows a few lines at a time, each row
+/// once per group, an order the hardware prefetchers follow poorly (measured on one core, 320
+/// channels of 23 MiB: 2x the time of reading in memory order when x comes from memory; with the
+/// next block asked for along the way, 1.1x).
 /// Kept out of line: inlined into accumulate_block, all of them together measured 8-10 % slower
 /// (BatchNorm and InstanceNorm on NHWC, 1x320x64x64, forward, one thread).
 template <bool Rms, int NV, bool Tail, class T, class Merge>
-[[gnu::noinline]] void column_group(const T* const* row_ptrs, index_t rows, index_t j, index_t t, Merge&& merge) {
+[[gnu::noinline]] void column_group(const T* const* row_ptrs, index_t rows, index_t j, index_t t, const T* const* next,
+                                    index_t nnext, Merge&& merge) {
     using V = simd::vec<T>;
     constexpr index_t L = simd::width<T>;
     auto load = [&](const T* p, int v) { return simd::load_at<Tail>(p, j + v * L, t); };
     V m[NV], q[NV], r[NV];
     for (int v = 0; v < NV; ++v) m[v] = q[v] = r[v] = V(T(0));
-    if constexpr (Rms) {
-        for (index_t i = 0; i < rows; ++i)
+    // the first pass's step: squares (rms) or sums
+    auto first = [&](index_t i) {
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) {
-                const V x = load(row_ptrs[i], v);
+        for (int v = 0; v < NV; ++v) {
+            const V x = load(row_ptrs[i], v);
+            if constexpr (Rms)
                 q[v] = xsimd::fma(x, x, q[v]);
-            }
-    } else {
-        for (index_t i = 0; i < rows; ++i)
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) m[v] += load(row_ptrs[i], v);
+            else
+                m[v] += x;
+        }
+    };
+    // rows with a next row to ask for, then the rest: a test per row costs 15 % in cache (the
+    // prefetch is written out here: in a lambda of its own, g++ 12 finds it free of side effects
+    // and drops it)
+    constexpr index_t ask = NV * L * index_t(sizeof(T));
+    const index_t asking = std::min(rows, nnext);
+    for (index_t i = 0; i < asking; ++i) {
+        simd::prefetch_l2<ask>(next[i] + j);
+        first(i);
+    }
+    for (index_t i = asking; i < rows; ++i) first(i);
+    if constexpr (!Rms) {
         for (int v = 0; v < NV; ++v) m[v] = m[v] / V(T(rows));
         for (index_t i = 0; i < rows; ++i)
 #pragma GCC unroll 4
@@ -161,10 +177,11 @@ template <bool Rms, int NV, bool Tail, class T, class Merge>
 /// Column moments: `rows` rows of n values (row r at row_ptrs[r], value j at + j*s) merged into
 /// per-column accumulators (count shared, mean[j], m2[j], in double). Contiguous rows go four
 /// vectors of columns at a time (column_group), the rest one masked vector; each lane merges
-/// (Chan) in double. Strided rows take the same steps one column at a time.
+/// (Chan) in double. Strided rows take the same steps one column at a time. next[0, nnext): the
+/// next block's rows, asked for in L2 along the way (column_group).
 template <bool Rms, class T>
 inline void accumulate_block(const T* const* row_ptrs, index_t rows, index_t n, index_t s, double& count, double* mean,
-                             double* m2) {
+                             double* m2, const T* const* next, index_t nnext) {
     const double na = count, nb = double(rows), nn = na + nb;
     // merge one column's block moments (sum of squares for rms)
     auto merge = [&](index_t j, double bm, double bq, double br) {
@@ -179,7 +196,7 @@ inline void accumulate_block(const T* const* row_ptrs, index_t rows, index_t n, 
     };
     if (s == 1) {
         simd::for_vector_groups<T>(
-            n, [&]<int NV, bool Tail>(index_t j, index_t t) { column_group<Rms, NV, Tail>(row_ptrs, rows, j, t, merge); });
+            n, [&]<int NV, bool Tail>(index_t j, index_t t) { column_group<Rms, NV, Tail>(row_ptrs, rows, j, t, next, nnext, merge); });
         count = nn;
         return;
     }

@@ -6,6 +6,7 @@
 
 #include "plan.hpp"
 
+#include <algorithm>
 #include <vector>
 
 namespace normspec::engine {
@@ -67,6 +68,35 @@ void for_range(const loop_dims& dims, index_t begin, index_t end, F&& f) {
             o.param -= (L.extent - 1) * L.sparam;
             o.dy -= (L.extent - 1) * L.sdy;
         }
+    }
+}
+
+/// Rows of n values to a block of a column sweep: at most 64, and about 16 K values, so that a
+/// block's column group (four vectors wide) stays in L1 for a second pass.
+inline index_t column_block_rows(index_t n) { return std::max<index_t>(1, std::min<index_t>(64, 16384 / std::max<index_t>(n, 1))); }
+
+/// Flat indices [begin, end) of dims in blocks of `per`: f(block, count, next, next_count) with
+/// item(offsets) of each index, and the next block's items (next_count 0 for the last block),
+/// so that a sweep over a block can ask for the next one's rows. buf is reused storage.
+template <class Item, class Make, class F>
+void for_blocks_ahead(const loop_dims& dims, index_t begin, index_t end, index_t per, std::vector<Item>& buf, Make&& item,
+                      F&& f) {
+    buf.resize(std::size_t(2 * per));
+    const Item* b = buf.data();
+    index_t c = 0;
+    for_range(dims, begin, end, [&](const offsets& o) {
+        buf[std::size_t(c++)] = item(o);
+        if (c == 2 * per) {
+            f(b, per, b + per, per);
+            std::copy(buf.begin() + per, buf.end(), buf.begin());
+            c = per;
+        }
+    });
+    if (c > per) {
+        f(b, per, b + per, c - per);
+        f(b + per, c - per, static_cast<const Item*>(nullptr), index_t(0));
+    } else if (c > 0) {
+        f(b, c, static_cast<const Item*>(nullptr), index_t(0));
     }
 }
 
