@@ -117,34 +117,46 @@ inline void accumulate_run(const T* x, index_t n, index_t s, moments& m) {
     }
 }
 
-/// NV vectors of columns from column j (the last one Tail: only t columns) of `rows` rows, two
-/// passes down the rows with everything in registers (the block is in L1 by the second): the
-/// block's column sums, then the squared deviations from the block's column means (and their
-/// sum, the rounding residue); merge(column, block mean, sum of squares, residue) per column.
-/// rms: one pass of squares. The first pass asks for the same columns of the next block's rows
-/// (next[0, nnext)) in L2: a block's column groups read its rows a few lines at a time, each row
-/// once per group, an order the hardware prefetchers follow poorly (measured on one core, 320
-/// channels of 23 MiB: 2x the time of reading in memory order when x comes from memory; with the
-/// next block asked for along the way, 1.1x).
+/// NV vectors of columns from column j (the last one Tail: only t columns) of `rows` rows, in
+/// registers: one pass of shifted sums down the rows, x - c and (x - c)^2 about each column's
+/// centre c (the mean of the blocks before, from centre; none for the first block: 0), accepted
+/// when every column's block mean lies within one standard deviation of its centre (the
+/// variance then keeps float's precision but for a factor 2, as accumulate_chunk's); otherwise a
+/// second pass over the block, in L1 by then, takes the deviations from the block's means.
+/// merge(column, centre, sum of squares, sum) per column. rms: one pass of squares.
+/// (Two passes for every block, the block's sums and then its deviations, measured 1.5x the time
+/// of this, GroupNorm NHWC 1x320x64x64 in cache, statistics alone.) The first pass asks for the
+/// same columns of the next block's rows (next[0, nnext)) in L2: a block's column groups read its
+/// rows a few lines at a time, each row once per group, an order the hardware prefetchers follow
+/// poorly (measured on one core, 320 channels of 23 MiB: 2x the time of reading in memory order
+/// when x comes from memory; with the next block asked for along the way, 1.1x).
 /// Kept out of line: inlined into accumulate_block, all of them together measured 8-10 % slower
 /// (BatchNorm and InstanceNorm on NHWC, 1x320x64x64, forward, one thread).
 template <bool Rms, int NV, bool Tail, class T, class Merge>
-[[gnu::noinline]] void column_group(const T* const* row_ptrs, index_t rows, index_t j, index_t t, const T* const* next,
-                                    index_t nnext, Merge&& merge) {
+[[gnu::noinline]] void column_group(const T* const* row_ptrs, index_t rows, index_t j, index_t t, const double* centre,
+                                    const T* const* next, index_t nnext, Merge&& merge) {
     using V = simd::vec<T>;
     constexpr index_t L = simd::width<T>;
     auto load = [&](const T* p, int v) { return simd::load_at<Tail>(p, j + v * L, t); };
     V m[NV], q[NV], r[NV];
     for (int v = 0; v < NV; ++v) m[v] = q[v] = r[v] = V(T(0));
-    // the first pass's step: squares (rms) or sums
+    if (!Rms && centre) {
+        alignas(64) T cb[NV * L] = {};
+        for (index_t l = 0; l < (NV - 1) * L + (Tail ? t : L); ++l) cb[l] = T(centre[j + l]);
+        for (int v = 0; v < NV; ++v) m[v] = V::load_aligned(cb + v * L);
+    }
+    // the first pass's step: squares (rms) or shifted sums
     auto first = [&](index_t i) {
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) {
             const V x = load(row_ptrs[i], v);
-            if constexpr (Rms)
+            if constexpr (Rms) {
                 q[v] = xsimd::fma(x, x, q[v]);
-            else
-                m[v] += x;
+            } else {
+                const V d = x - m[v];
+                r[v] += d;
+                q[v] = xsimd::fma(d, d, q[v]);
+            }
         }
     };
     // rows with a next row to ask for, then the rest: a test per row costs 15 % in cache (the
@@ -158,14 +170,22 @@ template <bool Rms, int NV, bool Tail, class T, class Merge>
     }
     for (index_t i = asking; i < rows; ++i) first(i);
     if constexpr (!Rms) {
-        for (int v = 0; v < NV; ++v) m[v] = m[v] / V(T(rows));
-        for (index_t i = 0; i < rows; ++i)
+        const V inv(T(1) / T(rows));
+        bool near = true;
+        for (int v = 0; v < NV; ++v) {
+            const V lin = r[v] * (r[v] * inv);
+            near = near && xsimd::all(lin <= q[v] - lin);
+        }
+        if (!near) {  // about the block's means
+            for (int v = 0; v < NV; ++v) m[v] += r[v] * inv, q[v] = r[v] = V(T(0));
+            for (index_t i = 0; i < rows; ++i)
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) {
-                const V d = load(row_ptrs[i], v) - m[v];
-                q[v] = xsimd::fma(d, d, q[v]);
-                r[v] += d;
-            }
+                for (int v = 0; v < NV; ++v) {
+                    const V d = load(row_ptrs[i], v) - m[v];
+                    q[v] = xsimd::fma(d, d, q[v]);
+                    r[v] += d;
+                }
+        }
     }
     alignas(64) T bm[L], bq[L], br[L];
     for (int v = 0; v < NV; ++v) {
@@ -196,7 +216,8 @@ inline void accumulate_block(const T* const* row_ptrs, index_t rows, index_t n, 
     };
     if (s == 1) {
         simd::for_vector_groups<T>(
-            n, [&]<int NV, bool Tail>(index_t j, index_t t) { column_group<Rms, NV, Tail>(row_ptrs, rows, j, t, next, nnext, merge); });
+            n, [&]<int NV, bool Tail>(index_t j, index_t t) { column_group<Rms, NV, Tail>(row_ptrs, rows, j, t, na > 0 ? mean : nullptr, next, nnext, merge);
+        });
         count = nn;
         return;
     }
