@@ -148,8 +148,9 @@ void for_row_batches(const loop_dims& R, index_t r0, index_t r1, const T* base, 
 }
 
 /// Per-column moments of rows [r0, r1) of R (row r at base + r.x; n columns at step s), taken in
-/// blocks of rows that stay in L1; mean and m2 are reset first; returns the row count.
-/// rows is reused storage for the block's row pointers.
+/// blocks of column_block_rows(n) rows (accumulate_block), each told the next block's rows;
+/// mean and m2 are reset first; returns the row count. rows is reused storage for the row
+/// pointers.
 template <bool Rms, class T>
 double column_moments(const loop_dims& R, index_t r0, index_t r1, const T* base, index_t n, index_t s,
                       double* mean, double* m2, std::vector<const T*>& rows) {
