@@ -396,14 +396,27 @@ void rows_sums(const T* const* xp, const T* const* dyp, index_t n, const row_coe
         s1[r] = double(xsimd::hadd(a[r])), s2[r] = double(xsimd::hadd(b[r])), s3[r] = double(xsimd::hadd(c[r]));
 }
 
-/// Each thread's dgamma and dbeta sums, pc values each in double, in one allocation (thread t's
-/// dgamma, then its dbeta), merged once at the end.
+/// Work space that the calling thread keeps from call to call, `Slot` telling uses apart (each
+/// holds the largest size asked for so far, until the thread ends): with parameters over many
+/// values (LayerNorm over C,H,W: 200704), the per-thread dgamma and dbeta sums take megabytes,
+/// which fresh from the allocator page-fault on every call (glibc maps them anew: LayerNorm-CNN
+/// 32x64x56x56 backward at one thread measured 1.65x the time of the same call with glibc's mmap
+/// threshold raised, same run). Returned zeroed, n values.
+template <class T, int Slot>
+inline std::vector<T>& kept_zeros(std::size_t n) {
+    thread_local std::vector<T> v;
+    v.assign(n, T(0));  // within its capacity after the first call: no allocation
+    return v;
+}
+
+/// Each thread's dgamma and dbeta sums, pc values each in double, in one block of the calling
+/// thread's kept work space (thread t's dgamma, then its dbeta), merged once at the end.
 class param_parts {
     std::size_t pc_;
-    std::vector<double> v_;
+    std::vector<double>& v_;
 
 public:
-    param_parts(int nt, std::size_t pc) : pc_(pc), v_(2 * std::size_t(nt) * pc, 0.0) {}
+    param_parts(int nt, std::size_t pc) : pc_(pc), v_(kept_zeros<double, 0>(2 * std::size_t(nt) * pc)) {}
     double* dg(int t) { return pc_ ? &v_[2 * std::size_t(t) * pc_] : nullptr; }
     double* db(int t) { return pc_ ? &v_[(2 * std::size_t(t) + 1) * pc_] : nullptr; }
     /// dgamma and dbeta, the threads' parts added up (into the first thread's, in thread order),
@@ -693,7 +706,9 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         // ---- vector kernels for contiguous runs (x, dy, dx all step 1 along the innermost loop) ----
         using V = simd::vec<T>;
         constexpr index_t L = simd::width<T>;
-        std::vector<T> dgT(vector_rows && inner.sparam == 1 ? pc : 0), dbT(dgT.size());
+        // (each team thread's own kept work space)
+        std::vector<T>& dgT = detail::kept_zeros<T, 1>(vector_rows && inner.sparam == 1 ? pc : 0);
+        std::vector<T>& dbT = detail::kept_zeros<T, 2>(dgT.size());
         index_t pending = 0;  // runs accumulated in dgT/dbT since they were last merged into dg/db
         auto flush_params = [&] {
             for (std::size_t i = 0; i < dgT.size(); ++i) {
