@@ -258,10 +258,11 @@ inline bool runs_in_memory_order(const plan& p) {
     return flat_runs<T>(outer, p.stats.back());
 }
 
-/// Moments of every statistic, indexed by statistic offset.
+/// Moments of every statistic, indexed by statistic offset; in_order: the decision's
+/// stats_in_order (runs_statistics).
 template <bool Rms, class T>
-std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, int nt) {
-    if (runs_in_memory_order<T>(p)) return runs_statistics<Rms>(p, x, stat_count, nt);
+std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, int nt, bool in_order) {
+    if (in_order) return runs_statistics<Rms>(p, x, stat_count, nt);
     std::vector<moments> out(static_cast<std::size_t>(stat_count));
     const loop_dim inner = p.stats.back();
     const outer_loops outer = outer_of(p.stats, 1);
@@ -509,7 +510,7 @@ inline void apply_flat_runs(const T* x, T* y, index_t r0, index_t r1, index_t le
 }
 
 template <bool Stream, class T>
-void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const T* g, const T* bt, int nt) {
+void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const T* g, const T* bt, int nt, bool flat) {
     const loop_dim inner = p.apply.back();
     const loop_dims outer(p.apply.begin(), p.apply.end() - 1);
     const index_t no = count_of(outer), n = inner.extent;
@@ -522,7 +523,7 @@ void normalize(const plan& p, const T* x, T* y, const coefficients<T>& k, const 
         });
         return;
     }
-    if (g == nullptr && flat_runs<T>(outer, inner)) {  // BatchNorm NCHW's short planes: a flat run per row
+    if (flat) {  // the decision's flat_runs (BatchNorm NCHW's short planes): a flat run per row
         const loop_dim d = outer.back();
         const loop_dims rows(outer.begin(), outer.end() - 1);
         const index_t nrows = count_of(rows);
@@ -998,14 +999,14 @@ void forward(const spec_desc& spec, const binding& b, const forward_args<T>& a) 
         for (index_t s = 0; s < b.stat_count; ++s)
             known(s, double(a.running_mean[s]), double(a.running_var[s]), 0.0, p.fold ? param_of[s] : 0);
     } else {
-        const auto m = spec.rms ? detail::statistics<true>(p, a.x.data, b.stat_count, nt)
-                                : detail::statistics<false>(p, a.x.data, b.stat_count, nt);
+        const auto m = spec.rms ? detail::statistics<true>(p, a.x.data, b.stat_count, nt, d.stats_in_order)
+                                : detail::statistics<false>(p, a.x.data, b.stat_count, nt, d.stats_in_order);
         for (index_t s = 0; s < b.stat_count; ++s) from_moments(s, m[s], p.fold ? param_of[s] : 0);
     }
     if (stream)
-        detail::normalize<true>(p, a.x.data, a.y.data, k, gp, bp, nt);
+        detail::normalize<true>(p, a.x.data, a.y.data, k, gp, bp, nt, d.flat_runs);
     else
-        detail::normalize<false>(p, a.x.data, a.y.data, k, gp, bp, nt);
+        detail::normalize<false>(p, a.x.data, a.y.data, k, gp, bp, nt, d.flat_runs);
 }
 
 }  // namespace normspec::engine

@@ -176,15 +176,9 @@ template <bool Rms, int NV, bool Tail, class T, class Merge>
             const V lin = r[v] * (r[v] * inv);
             near = near && xsimd::all(lin <= q[v] - lin);
         }
-        if (!near) {  // about the block's means
+        if (!near) {  // the same pass again, about the block's means
             for (int v = 0; v < NV; ++v) m[v] += r[v] * inv, q[v] = r[v] = V(T(0));
-            for (index_t i = 0; i < rows; ++i)
-#pragma GCC unroll 4
-                for (int v = 0; v < NV; ++v) {
-                    const V d = load(row_ptrs[i], v) - m[v];
-                    q[v] = xsimd::fma(d, d, q[v]);
-                    r[v] += d;
-                }
+            for (index_t i = 0; i < rows; ++i) first(i);
         }
     }
     alignas(64) T bm[L], bq[L], br[L];
@@ -215,8 +209,8 @@ inline void accumulate_block(const T* const* row_ptrs, index_t rows, index_t n, 
         }
     };
     if (s == 1) {
-        simd::for_vector_groups<T>(
-            n, [&]<int NV, bool Tail>(index_t j, index_t t) { column_group<Rms, NV, Tail>(row_ptrs, rows, j, t, na > 0 ? mean : nullptr, next, nnext, merge);
+        simd::for_vector_groups<T>(n, [&]<int NV, bool Tail>(index_t j, index_t t) {
+            column_group<Rms, NV, Tail>(row_ptrs, rows, j, t, na > 0 ? mean : nullptr, next, nnext, merge);
         });
         count = nn;
         return;
