@@ -3,7 +3,8 @@
 // saved statistics (pass the forward's result as it is). Returns dx (shaped as x) and, for specs
 // with parameters, dgamma and dbeta (shaped as gamma). Keywords: gamma(g) (the forward's gamma;
 // omitted: 1), mode::eval (a norm with running statistics then treats them as constants, as its
-// forward did), out(dx) (write dx there, any layout; the result's dx is then empty), threads(n).
+// forward did), out(dx) (write dx there, any layout; the result's dx is then empty),
+// out_dgamma(t) and out_dbeta(t) (likewise for dgamma and dbeta, shaped as gamma), threads(n).
 #ifndef NORMSPEC_BACKWARD_HPP
 #define NORMSPEC_BACKWARD_HPP
 
@@ -19,10 +20,22 @@ struct backward_result {
 };
 
 namespace kw {
+template <class E>
+struct out_dgamma_t { E e; };
+template <class E>
+struct out_dbeta_t { E e; };
+template <class K> struct is_out_dgamma : std::bool_constant<is_v<K, out_dgamma_t>> {};
+template <class K> struct is_out_dbeta : std::bool_constant<is_v<K, out_dbeta_t>> {};
 template <class K>
 struct is_backward_keyword
-    : std::bool_constant<is_gamma<K>::value || is_threads<K>::value || is_mode<K>::value || is_out<K>::value> {};
+    : std::bool_constant<is_gamma<K>::value || is_threads<K>::value || is_mode<K>::value || is_out<K>::value ||
+                         is_out_dgamma<K>::value || is_out_dbeta<K>::value> {};
 }  // namespace kw
+
+/// Write backward()'s dgamma (dbeta) into this tensor, shaped as gamma (any layout, any value
+/// type), instead of returning a new one: no allocation per training step.
+template <class E> auto out_dgamma(E&& e) { return kw::out_dgamma_t<E>{std::forward<E>(e)}; }
+template <class E> auto out_dbeta(E&& e) { return kw::out_dbeta_t<E>{std::forward<E>(e)}; }
 
 namespace detail {
 /// Fills engine arguments for the saved statistics (anything with .mean and .rstd), checking their
@@ -32,6 +45,36 @@ void saved_into(const engine::binding& b, bool rms, const Saved& saved, std::opt
                 std::optional<xt::xarray<T>>& rstd, engine::backward_args<T>& a) {
     a.rstd = parameter_data<T>("saved rstd", b.stat_names, b.stat_shape, saved.rstd, rstd, "the statistics'");
     if (!rms) a.mean = parameter_data<T>("saved mean", b.stat_names, b.stat_shape, saved.mean, mean, "the statistics'");
+}
+
+/// An output keyword's tensor gets what was computed in `tmp` (when its own memory could not take it).
+template <class K, class Tmp>
+void copy_back(K& k, const std::optional<Tmp>& tmp) {
+    if constexpr (!std::is_same_v<std::decay_t<K>, none>) {
+        if (tmp) k.e = *tmp;
+    }
+}
+
+/// Where a parameter gradient goes. Without a keyword (k is none): the result's tensor `own`.
+/// With out_dgamma/out_dbeta: the caller's tensor, its extents checked against gamma's; its
+/// memory when it is row-major T, else `tmp`, which the caller copies into it after the call.
+template <class T, std::size_t P, class K>
+T* gradient_target(const char* what, const engine::binding& b, K& k, xt::xtensor<T, P>& own, std::optional<xt::xarray<T>>& tmp) {
+    std::array<std::size_t, P> shape{};
+    for (std::size_t i = 0; i < P; ++i) shape[i] = std::size_t(b.param_shape[i]);
+    if constexpr (std::is_same_v<std::decay_t<K>, none>) {
+        own = xt::xtensor<T, P>::from_shape(shape);
+        return own.data();
+    } else {
+        using O = std::decay_t<decltype(k.e)>;
+        const auto got = shape_of(k.e);
+        engine::check_extents(what, engine::param_axis_names(b), b.param_shape, got.data(), int(got.size()), "gamma's");
+        if constexpr (has_memory<O> && std::is_same_v<std::decay_t<typename O::value_type>, T>) {
+            if (row_major(k.e)) return k.e.data() + k.e.data_offset();
+        }
+        tmp.emplace(xt::xarray<T>::from_shape(shape));
+        return tmp->data();
+    }
 }
 }  // namespace detail
 
@@ -52,7 +95,11 @@ auto backward(S, const named_tensor<E, A...>& xn, const DY& dy, const saved_stat
                                                 diagnostic::backward_takes_no_such_argument, std::decay_t<Kw>>() && ...);
     constexpr bool ok_gamma = diagnostic::require<S::has_gamma || !kw::has<kw::is_gamma, Kw...>,
                                                   diagnostic::gamma_given_to_a_norm_without_parameters, S>();
-    if constexpr (!(ok_type && ok_bind && ok_rank && ok_kw && ok_gamma)) {
+    constexpr bool ok_dgamma = diagnostic::require<S::has_gamma || !kw::has<kw::is_out_dgamma, Kw...>,
+                                                   diagnostic::out_dgamma_given_to_a_norm_without_parameters, S>();
+    constexpr bool ok_dbeta = diagnostic::require<S::has_beta || !kw::has<kw::is_out_dbeta, Kw...>,
+                                                  diagnostic::out_dbeta_given_to_a_norm_without_beta, S>();
+    if constexpr (!(ok_type && ok_bind && ok_rank && ok_kw && ok_gamma && ok_dgamma && ok_dbeta)) {
         return;  // the diagnostics above say why
     } else {
         static const spec_desc desc = describe<S>();
@@ -100,20 +147,15 @@ auto backward(S, const named_tensor<E, A...>& xn, const DY& dy, const saved_stat
             res.dx = xt::xtensor<T, R>::from_shape(shape);
             args.dx = detail::lower<T>(res.dx);
         }
-        std::array<std::size_t, P> pshape{};
-        for (std::size_t i = 0; i < P; ++i) pshape[i] = std::size_t(b.param_shape[i]);
-        if constexpr (S::has_gamma) {
-            res.dgamma = xt::xtensor<T, P>::from_shape(pshape);
-            args.dgamma = res.dgamma.data();
-        }
-        if constexpr (S::has_beta) {
-            res.dbeta = xt::xtensor<T, P>::from_shape(pshape);
-            args.dbeta = res.dbeta.data();
-        }
+        auto&& dg_kw = kw::find<kw::is_out_dgamma>(detail::none{}, kws...);
+        auto&& db_kw = kw::find<kw::is_out_dbeta>(detail::none{}, kws...);
+        std::optional<xt::xarray<T>> dg_tmp, db_tmp;  // for targets that are not row-major T
+        if constexpr (S::has_gamma) args.dgamma = detail::gradient_target<T, P>("out_dgamma", b, dg_kw, res.dgamma, dg_tmp);
+        if constexpr (S::has_beta) args.dbeta = detail::gradient_target<T, P>("out_dbeta", b, db_kw, res.dbeta, db_tmp);
         engine::backward(desc, b, args);
-        if constexpr (!std::is_same_v<OK, detail::none>) {
-            if (dx_tmp) o_kw.e = *dx_tmp;
-        }
+        detail::copy_back(o_kw, dx_tmp);
+        detail::copy_back(dg_kw, dg_tmp);
+        detail::copy_back(db_kw, db_tmp);
         return res;
     }
 }

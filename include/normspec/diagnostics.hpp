@@ -137,7 +137,17 @@ template <class Keyword>
 struct backward_takes_no_such_argument {
     static_assert(always_false<Keyword>,
                   "normspec: backward() takes named<...>(x), dy, the forward's saved statistics, then only gamma(), "
-                  "out(), threads() and a mode");
+                  "out(), out_dgamma(), out_dbeta(), threads() and a mode");
+};
+template <class Spec>
+struct out_dgamma_given_to_a_norm_without_parameters {
+    static_assert(always_false<Spec>,
+                  "normspec: out_dgamma(...) given to a norm without parameters (its spec has no affine<...> or scale<...>)");
+};
+template <class Spec>
+struct out_dbeta_given_to_a_norm_without_beta {
+    static_assert(always_false<Spec>,
+                  "normspec: out_dbeta(...) given to a norm without beta (its spec has scale<...> or no affine<...>)");
 };
 template <class Axis, class Which, class ParamExtent, class TensorExtent>
 struct parameter_extent_differs_from_tensor {

@@ -174,6 +174,18 @@ xt::xarray<T> packed_checked(const std::string& what, const engine::axis_names& 
     return p;
 }
 
+/// Whether a tensor with memory lies row-major and packed (steps along extent-1 axes aside).
+template <class X>
+bool row_major(const X& e) {
+    engine::index_t stride = 1;
+    for (std::size_t d = e.dimension(); d-- > 0;) {
+        const auto extent = engine::index_t(e.shape()[d]);
+        if (extent != 1 && engine::index_t(e.strides()[d]) != stride) return false;
+        stride *= extent;
+    }
+    return true;
+}
+
 /// A parameter tensor as a row-major T pointer, after checking its extents: its own memory when
 /// it already is one (no copy), else a copy packed into `storage` (left empty otherwise: an
 /// xt::xarray, even an empty one, allocates).
@@ -184,13 +196,7 @@ const T* parameter_data(const std::string& what, const engine::axis_names& axes,
     if constexpr (has_memory<X> && std::is_same_v<std::decay_t<typename X::value_type>, T>) {
         const auto shape = shape_of(e);
         engine::check_extents(what, axes, extents, shape.data(), int(shape.size()), whose);
-        bool row_major = true;
-        engine::index_t stride = 1;
-        for (std::size_t d = shape.size(); d-- > 0;) {
-            if (shape[d] != 1 && engine::index_t(e.strides()[d]) != stride) row_major = false;
-            stride *= shape[d];
-        }
-        if (row_major) return e.data() + e.data_offset();
+        if (row_major(e)) return e.data() + e.data_offset();
     }
     storage.emplace(packed_checked<T>(what, axes, extents, e, whose));
     return storage->data();

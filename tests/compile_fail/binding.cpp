@@ -50,10 +50,17 @@ void under_test() {
 #elif defined(FAIL_BACKWARD_UNKNOWN_ARGUMENT)
     auto saved = forward(batch_norm{}, named<N, C, H, W>(img), running(m, v));
     backward(batch_norm{}, named<N, C, H, W>(img), img, saved, running(m, v));
+#elif defined(FAIL_OUT_DGAMMA_WITHOUT_PARAMETERS)
+    auto saved = forward(norm<reduce<D>>{}, named<B, T, D>(x));
+    backward(norm<reduce<D>>{}, named<B, T, D>(x), x, saved, out_dgamma(g));
+#elif defined(FAIL_OUT_DBETA_ON_RMS)
+    auto saved = forward(rms_norm{}, named<B, T, D>(x), gamma(g));
+    backward(rms_norm{}, named<B, T, D>(x), x, saved, gamma(g), out_dgamma(m), out_dbeta(v));
 #else
     forward(batch_norm{}, named<N, C, H, W>(img), running(m, v));
     auto saved = forward(rms_norm{}, named<B, T, D>(x), gamma(g));
     backward(rms_norm{}, named<B, T, D>(x), x, saved, gamma(g), mode::eval, threads(1));
+    backward(rms_norm{}, named<B, T, D>(x), x, saved, gamma(g), out_dgamma(m));
     forward(layer_norm{}, named<B, T, D>(x), gamma(g), beta(g));
     forward(rms_norm{}, named<B, T, D>(x), gamma(g), eps(1e-6), threads(1));
     forward(group_norm<>{}, named<N, C, H, W>(img), num_groups(2));

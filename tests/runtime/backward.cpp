@@ -208,6 +208,71 @@ TEST_CASE("centred norms: with constant gamma, dx sums to zero over each reducti
     CHECK(th::rel_err(dy_copy, bn.dx) < 1e-14);
 }
 
+TEST_CASE("backward: out_dgamma and out_dbeta write the parameter gradients into the caller's tensors") {
+    xt::xtensor<double, 4> x = th::randn({3, 6, 5, 4}, 0.5, 2.0), dy = th::randn({3, 6, 5, 4});
+    xt::xtensor<double, 1> g = th::randn({6}, 1.0, 0.5);
+    auto r = forward(batch_norm{}, named<N, C, H, W>(x), gamma(g));
+    auto ref = backward(batch_norm{}, named<N, C, H, W>(x), dy, r, gamma(g));
+    // row-major tensors of T: written in place, and the result's dgamma and dbeta are empty
+    xt::xtensor<double, 1> dg = xt::zeros<double>({6}), db = xt::zeros<double>({6});
+    auto both = backward(batch_norm{}, named<N, C, H, W>(x), dy, r, gamma(g), out_dgamma(dg), out_dbeta(db));
+    CHECK(both.dgamma.size() == 0);
+    CHECK(both.dbeta.size() == 0);
+    CHECK(xt::allclose(dg, ref.dgamma, 0.0, 0.0));
+    CHECK(xt::allclose(db, ref.dbeta, 0.0, 0.0));
+    CHECK(xt::allclose(both.dx, ref.dx, 0.0, 0.0));
+    // one of them: the other is returned as before
+    xt::xtensor<double, 1> db_only = xt::zeros<double>({6});
+    auto one = backward(batch_norm{}, named<N, C, H, W>(x), dy, r, gamma(g), out_dbeta(db_only));
+    CHECK(xt::allclose(one.dgamma, ref.dgamma, 0.0, 0.0));
+    CHECK(one.dbeta.size() == 0);
+    CHECK(xt::allclose(db_only, ref.dbeta, 0.0, 0.0));
+    // a strided view (every other element of a buffer) gets the values; the elements between stay
+    xt::xtensor<double, 1> buf = xt::full_like(xt::zeros<double>({12}), -7.0);
+    auto every_other = xt::view(buf, xt::range(0, 12, 2));
+    backward(batch_norm{}, named<N, C, H, W>(x), dy, r, gamma(g), out_dgamma(every_other));
+    CHECK(xt::allclose(xt::view(buf, xt::range(0, 12, 2)), ref.dgamma, 0.0, 0.0));
+    CHECK(xt::all(xt::equal(xt::view(buf, xt::range(1, 12, 2)), -7.0)));
+    // parameters over two axes (LayerNorm over C,H,W), float data into a double tensor and into
+    // a transposed float one, at one and two threads
+    xt::xtensor<float, 4> xf = th::randn({2, 3, 7, 5}, 0.5, 2.0), dyf = th::randn({2, 3, 7, 5});
+    xt::xtensor<float, 3> gf = th::randn({3, 7, 5}, 1.0, 0.5), bf = th::randn({3, 7, 5});
+    for (int nt : {1, 2}) {
+        CAPTURE(nt);
+        auto rf = forward(layer_norm_cnn{}, named<N, C, H, W>(xf), gamma(gf), beta(bf), threads(nt));
+        auto reff = backward(layer_norm_cnn{}, named<N, C, H, W>(xf), dyf, rf, gamma(gf), threads(nt));
+        xt::xtensor<double, 3> dgd = xt::zeros<double>({3, 7, 5});
+        xt::xtensor<float, 3> dbt = xt::zeros<float>({5, 7, 3});
+        auto gotf = backward(layer_norm_cnn{}, named<N, C, H, W>(xf), dyf, rf, gamma(gf), threads(nt), out_dgamma(dgd),
+                             out_dbeta(xt::transpose(dbt, {2, 1, 0})));
+        CHECK(xt::allclose(dgd, xt::cast<double>(reff.dgamma), 0.0, 0.0));
+        CHECK(xt::allclose(xt::transpose(dbt, {2, 1, 0}), reff.dbeta, 0.0, 0.0));
+        CHECK(xt::allclose(gotf.dx, reff.dx, 0.0, 0.0));
+    }
+    // RMSNorm: dgamma only
+    xt::xtensor<float, 2> s = th::randn({5, 9}), sdy = th::randn({5, 9});
+    xt::xtensor<float, 1> sg = th::randn({9}, 1.0, 0.5), sdg = xt::zeros<float>({9});
+    auto rs = forward(rms_norm{}, named<T, D>(s), gamma(sg));
+    auto refs = backward(rms_norm{}, named<T, D>(s), sdy, rs, gamma(sg));
+    backward(rms_norm{}, named<T, D>(s), sdy, rs, gamma(sg), out_dgamma(sdg));
+    CHECK(xt::allclose(sdg, refs.dgamma, 0.0, 0.0));
+}
+
+TEST_CASE("backward: out_dgamma and out_dbeta are checked by name against gamma's extents") {
+    xt::xtensor<float, 4> x = th::randn({2, 4, 3, 3}), dy = th::randn({2, 4, 3, 3});
+    auto r = forward(batch_norm{}, named<N, C, H, W>(x));
+    xt::xtensor<float, 1> d5 = xt::zeros<float>({5});
+    CHECK_THROWS_WITH_AS(backward(batch_norm{}, named<N, C, H, W>(x), dy, r, out_dgamma(d5)),
+                         doctest::Contains("out_dgamma axis C has extent 5 but gamma's axis C has extent 4"), std::invalid_argument);
+    xt::xtensor<float, 2> d2 = xt::zeros<float>({4, 1});
+    CHECK_THROWS_WITH_AS(backward(batch_norm{}, named<N, C, H, W>(x), dy, r, out_dbeta(d2)),
+                         doctest::Contains("out_dbeta has 2 dimensions but must have 1 (axes <C>)"), std::invalid_argument);
+    // nothing was written before the error: the check comes first
+    xt::xtensor<float, 1> dg = xt::full_like(xt::zeros<float>({4}), 3.0f);
+    CHECK_THROWS_AS(backward(batch_norm{}, named<N, C, H, W>(x), dy, r, out_dgamma(dg), out_dbeta(d5)), std::invalid_argument);
+    CHECK(xt::all(xt::equal(dg, 3.0f)));
+}
+
 TEST_CASE("backward: shapes of dy and of the saved statistics are checked by name") {
     xt::xtensor<float, 4> x = xt::ones<float>({2, 4, 3, 3}), dy = xt::ones<float>({2, 4, 3, 5});
     auto r = forward(batch_norm{}, named<N, C, H, W>(x));

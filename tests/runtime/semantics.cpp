@@ -459,6 +459,12 @@ TEST_CASE("a small call's allocations: the forward's results and coefficients, t
     auto gr = backward(layer_norm{}, named<T, D>(x), dy, r, gamma(g), out(dx));
     // dgamma and dbeta: the per-thread sums are work space kept from the call before
     CHECK(count([&] { gr = backward(layer_norm{}, named<T, D>(x), dy, r, gamma(g), out(dx)); }) <= 2);
+    // and none with every output the caller's (dx, dgamma, dbeta)
+    xt::xtensor<float, 1> dg = xt::zeros<float>({16}), db = dg;
+    backward(layer_norm{}, named<T, D>(x), dy, r, gamma(g), out(dx), out_dgamma(dg), out_dbeta(db));
+    CHECK(count([&] { backward(layer_norm{}, named<T, D>(x), dy, r, gamma(g), out(dx), out_dgamma(dg), out_dbeta(db)); }) == 0);
+    CHECK(xt::allclose(dg, gr.dgamma, 0.0, 0.0));
+    CHECK(xt::allclose(db, gr.dbeta, 0.0, 0.0));
     // so also with parameters over 64 K values (LayerNorm over C,H,W), at one and two threads,
     // where fresh work space would page-fault megabytes on every call
     xt::xtensor<float, 4> img = th::randn({3, 4, 128, 128}, 0.5, 2.0), dimg = th::randn({3, 4, 128, 128}), dximg = img;
