@@ -1,6 +1,6 @@
 // normspec: the zoo's aliases on raw buffers through xt::adapt (made once per runner), output
-// preallocated; bwd runs backward() from the statistics of one training-mode forward, dx into a
-// preallocated buffer.
+// preallocated; bwd runs backward() from the statistics of one training-mode forward, dx, dgamma
+// and dbeta into preallocated buffers (as oneDNN's are).
 #include "bench.hpp"
 
 #include <normspec/normspec.hpp>
@@ -21,13 +21,19 @@ struct ns_runner : bench::owned_output {
     std::vector<std::size_t> shape, pshape;
     // the tensors are adapted once, as oneDNN's memory objects are made once: a call then costs
     // what the library does, not the harness's shape copies
-    view x, y, dy, g, b, rmv, rvv;
+    std::vector<float> dgv, dbv;  // bwd: dgamma and dbeta
+    view x, y, dy, g, b, rmv, rvv, dg, db;
     ns_runner(const bench::bench_case& c_, bench::op o_, int t, const bench::inputs& in_)
         : owned_output(c_, o_, in_), threads(t), shape(layout_shape(c_)), pshape(param_shape(c_, in_)),
           x(adapt(in.x.data(), in.x.size(), shape)), y(adapt(out.data(), out.size(), shape)),
           dy(adapt(in.dy.data(), in.dy.size(), shape)), g(adapt(in.gamma.data(), in.gamma.size(), pshape)),
           b(adapt(in.beta.data(), in.beta.size(), pshape)), rmv(adapt(rm.data(), rm.size(), {rm.size()})),
-          rvv(adapt(rv.data(), rv.size(), {rv.size()})) {}
+          rvv(adapt(rv.data(), rv.size(), {rv.size()})), dg(adapt(grad_buffer(dgv, g.size()), g.size(), pshape)),
+          db(adapt(grad_buffer(dbv, g.size()), g.size(), pshape)) {}
+    static float* grad_buffer(std::vector<float>& v, std::size_t n) {
+        v.assign(n, 0.f);
+        return v.data();
+    }
     static std::vector<std::size_t> layout_shape(const bench::bench_case& c) {
         if (c.shape.size() == 4 && c.nhwc())
             return {std::size_t(c.shape[0]), std::size_t(c.shape[2]), std::size_t(c.shape[3]), std::size_t(c.shape[1])};
@@ -47,9 +53,12 @@ struct ns_runner : bench::owned_output {
                 run();
                 o = bench::op::bwd;
             }
-            // dx into the output buffer (y's view)
-            if constexpr (Spec::has_gamma)
-                backward(Spec{}, named<A...>(x), dy, saved, gamma(g), normspec::out(y), normspec::threads(threads));
+            // dx into the output buffer (y's view), dgamma and dbeta into theirs
+            if constexpr (Spec::has_beta)
+                backward(Spec{}, named<A...>(x), dy, saved, gamma(g), normspec::out(y), out_dgamma(dg), out_dbeta(db),
+                         normspec::threads(threads));
+            else if constexpr (Spec::has_gamma)
+                backward(Spec{}, named<A...>(x), dy, saved, gamma(g), normspec::out(y), out_dgamma(dg), normspec::threads(threads));
             else
                 backward(Spec{}, named<A...>(x), dy, saved, normspec::out(y), normspec::threads(threads));
             return;

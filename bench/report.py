@@ -53,7 +53,7 @@ def summarize(cases):
             continue
         ns = impls["normspec"]
         row = {"key": key, "gbps": ns["gbps"], "out_of_cache": ns["out_of_cache"]}
-        # the limit: copy_nt moves x and y (2 streams); the model may count 3 for BatchNorm
+        # the limit: copy_nt moves x and y (2 streams); the model may count 3 for BatchNorm training
         if "copy_nt" in impls:
             row["limit_fraction"] = ns["gbps"] / impls["copy_nt"]["gbps"]
         ratios = {p: impls[p]["time"] / ns["time"] for p in PEERS if p in impls}
@@ -234,8 +234,8 @@ def write_markdown(path, context, rows, command, cli, cases):
         out.write("- every peer's output was checked against normspec's before it was timed (max difference < 1e-4 of the "
                   "largest |y|).\n\n")
         out.write("## Traffic model and limit\n\n")
-        out.write("GB/s counts the bytes a pass must move: forward, x read and y written (BatchNorm out of cache: x read "
-                  "twice); backward, x and dy read and dx written. `of copy_nt` is normspec's GB/s over the GB/s of a streaming-store copy of the same bytes "
+        out.write("GB/s counts the bytes a pass must move: forward, x read and y written (BatchNorm training out of cache: x read "
+                  "twice, for the statistics and for the normalize sweep; in evaluation once); backward, x and dy read and dx written. `of copy_nt` is normspec's GB/s over the GB/s of a streaming-store copy of the same bytes "
                   "in the same run (`*`: x and y do not fit in the 32 MiB L3). `vs X` is X's time over normspec's "
                   "(> 1: normspec is faster).\n\n")
         for title, part, target in split_ops(rows):
