@@ -469,6 +469,7 @@ TEST_CASE("a small call's allocations: the forward's results and coefficients, t
     // where fresh work space would page-fault megabytes on every call
     xt::xtensor<float, 4> img = th::randn({3, 4, 128, 128}, 0.5, 2.0), dimg = th::randn({3, 4, 128, 128}), dximg = img;
     xt::xtensor<float, 3> gi = th::randn({4, 128, 128}, 1.0, 0.5), bi = th::randn({4, 128, 128});
+    xt::xtensor<float, 3> dg1, db1;  // one thread's, which two threads' (merged a share each) must match
     for (int nt : {1, 2}) {
         auto ri = forward(layer_norm_cnn{}, named<N, C, H, W>(img), gamma(gi), beta(bi), threads(nt));
         auto first = backward(layer_norm_cnn{}, named<N, C, H, W>(img), dimg, ri, gamma(gi), out(dximg), threads(nt));
@@ -476,5 +477,11 @@ TEST_CASE("a small call's allocations: the forward's results and coefficients, t
         CHECK(count([&] { again = backward(layer_norm_cnn{}, named<N, C, H, W>(img), dimg, ri, gamma(gi), out(dximg), threads(nt)); }) <= 2);
         CHECK(xt::allclose(again.dgamma, first.dgamma, 0.0, 0.0));  // the kept sums start from zero again
         CHECK(xt::allclose(again.dbeta, first.dbeta, 0.0, 0.0));
+        if (nt == 1) {
+            dg1 = first.dgamma, db1 = first.dbeta;
+        } else {
+            CHECK(th::rel_err(first.dgamma, dg1) < 1e-6);
+            CHECK(th::rel_err(first.dbeta, db1) < 1e-6);
+        }
     }
 }

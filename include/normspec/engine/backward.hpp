@@ -401,40 +401,78 @@ void rows_sums(const T* const* xp, const T* const* dyp, index_t n, const row_coe
 /// values (LayerNorm over C,H,W: 200704), the per-thread dgamma and dbeta sums take megabytes,
 /// which fresh from the allocator page-fault on every call (glibc maps them anew: LayerNorm-CNN
 /// 32x64x56x56 backward at one thread measured 1.65x the time of the same call with glibc's mmap
-/// threshold raised, same run). Returned zeroed, n values.
+/// threshold raised, same run). n values, as the last call left them.
+template <class T, int Slot>
+inline std::vector<T>& kept_space(std::size_t n) {
+    thread_local std::vector<T> v;
+    v.resize(n);  // within its capacity after the first call: no allocation
+    return v;
+}
+/// The same, zeroed.
 template <class T, int Slot>
 inline std::vector<T>& kept_zeros(std::size_t n) {
-    thread_local std::vector<T> v;
-    v.assign(n, T(0));  // within its capacity after the first call: no allocation
+    std::vector<T>& v = kept_space<T, Slot>(n);
+    std::fill(v.begin(), v.end(), T(0));
     return v;
 }
 
 /// Each thread's dgamma and dbeta sums, pc values each in double, in one block of the calling
-/// thread's kept work space (thread t's dgamma, then its dbeta), merged once at the end.
+/// thread's kept work space (thread t's dgamma, then its dbeta), at the end added up in thread
+/// order into dgamma and dbeta. With many parameters (LayerNorm-CNN: 200704) each thread zeroes
+/// its own part in the team and merges a share of them after a barrier: the calling thread alone,
+/// zeroing and merging megabytes, left the other idle (LayerNorm-CNN 32x64x56x56 backward at two
+/// threads, standalone: OpenMP's waiting 20 % of the samples before, 13.5 % after; time 0.87-0.98,
+/// twelve alternations, best and median; the machine was loaded). With few (LayerNorm
+/// 8x4096: 4096) the barrier costs more than the merge (1.3x the time at two threads, same run):
+/// the calling thread zeroes them before the team and merges them after it.
 class param_parts {
     std::size_t pc_;
     std::vector<double>& v_;
+    int team_ = 1;  // the team that ran: OpenMP may give fewer threads than asked for
+
+    bool shared() const { return pc_ >= 16384; }
+    template <class T>
+    void merge(const backward_args<T>& a, int nt, index_t b, index_t e) {
+        // loops along the parameters, which vectorize (one element at a time with the threads
+        // inside, the merge took a fifth of a LayerNorm 8x4096 backward)
+        auto out = [&](T* to, std::size_t which) {
+            if (!to) return;
+            double* sum = v_.data() + which * pc_;  // thread 0's part takes the others'
+            for (int t = 1; t < nt; ++t) {
+                const double* part = v_.data() + (2 * std::size_t(t) + which) * pc_;
+                for (index_t i = b; i < e; ++i) sum[i] += part[i];
+            }
+            for (index_t i = b; i < e; ++i) to[i] = T(sum[i]);
+        };
+        out(a.dgamma, 0);
+        out(a.dbeta, 1);
+    }
 
 public:
-    param_parts(int nt, std::size_t pc) : pc_(pc), v_(kept_zeros<double, 0>(2 * std::size_t(nt) * pc)) {}
+    /// With few parameters the calling thread zeroes every part here, before the team: while
+    /// the other threads wake up (in the team, LayerNorm 8x4096 at two threads measured 1.15x the time).
+    param_parts(int nt, std::size_t pc) : pc_(pc), v_(kept_space<double, 0>(2 * std::size_t(nt) * pc)) {
+        if (!shared()) std::fill(v_.begin(), v_.end(), 0.0);
+    }
     double* dg(int t) { return pc_ ? &v_[2 * std::size_t(t) * pc_] : nullptr; }
     double* db(int t) { return pc_ ? &v_[(2 * std::size_t(t) + 1) * pc_] : nullptr; }
-    /// dgamma and dbeta, the threads' parts added up (into the first thread's, in thread order),
-    /// loops along the parameters that vectorize: one element at a time with the threads inside,
-    /// the merge took a fifth of a LayerNorm 8x4096 backward
+    /// In the team, first (every thread): with many parameters, thread t's sums set to 0.
+    void zero(int t) {
+        if (t == 0) team_ = team_size();
+        if (pc_ && shared()) std::fill_n(dg(t), 2 * pc_, 0.0);
+    }
+    /// In the team, last (every thread): with many parameters, each thread's share of them.
     template <class T>
-    void write(const backward_args<T>& a) {
-        if (!pc_) return;
-        const std::size_t nt = v_.size() / (2 * pc_);
-        double *g = v_.data(), *b = v_.data() + pc_;
-        for (std::size_t t = 1; t < nt; ++t) {
-            const double *gt = v_.data() + 2 * t * pc_, *bt = gt + pc_;
-            for (std::size_t i = 0; i < pc_; ++i) g[i] += gt[i], b[i] += bt[i];
-        }
-        if (a.dgamma)
-            for (std::size_t i = 0; i < pc_; ++i) a.dgamma[i] = T(g[i]);
-        if (a.dbeta)
-            for (std::size_t i = 0; i < pc_; ++i) a.dbeta[i] = T(b[i]);
+    void write_in_team(const backward_args<T>& a) {
+        if (!pc_ || !shared()) return;
+        team_barrier();
+        const auto [b, e] = split(index_t(pc_), thread_id(), team_size());
+        merge(a, team_size(), b, e);
+    }
+    /// After the team: with few parameters, all of them.
+    template <class T>
+    void write_after(const backward_args<T>& a) {
+        if (pc_ && !shared()) merge(a, team_, 0, index_t(pc_));
     }
 };
 
@@ -464,6 +502,7 @@ void backward_group_blocks(const spec_desc& spec, const plan& p, const backward_
     param_parts param_sums(nt, pc);
     team(nt, [&] {
         const int t = thread_id();
+        param_sums.zero(t);
         double* dg = param_sums.dg(t);
         double* db = param_sums.db(t);
         const auto [wb, we] = split(nk * bl.count, t, team_size());
@@ -519,8 +558,9 @@ void backward_group_blocks(const spec_desc& spec, const plan& p, const backward_
             });
         });
         if (stream) simd::fence();
+        param_sums.write_in_team(a);
     });
-    param_sums.write(a);
+    param_sums.write_after(a);
 }
 
 /// Whether rows_dx sweeps down its rows. Sweeping up, a load of x or dy waits on an earlier store
@@ -697,6 +737,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
 
     team(nt, [&] {
         const int t = thread_id(), team = team_size();
+        param_sums.zero(t);
         double* dg = param_sums.dg(t);
         double* db = param_sums.db(t);
         // the strided fallback's work space (none for the vector kernels: a small call's
@@ -948,8 +989,9 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         if (nb) flush_rows();
         if (pending) flush_params();
         if (stream) simd::fence();
+        param_sums.write_in_team(a);
     });
-    param_sums.write(a);
+    param_sums.write_after(a);
 }
 
 }  // namespace normspec::engine

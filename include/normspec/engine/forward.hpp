@@ -82,6 +82,13 @@ inline void team(int nt, Body&& body) {
     }
 }
 
+/// Inside team()'s body: waits for the team's other threads (none when it is this thread alone).
+inline void team_barrier() {
+    if (team_size() > 1) {
+#pragma omp barrier
+    }
+}
+
 /// Below this many elements a second thread costs more than it saves.
 inline constexpr index_t parallel_threshold = index_t(1) << 15;
 
