@@ -1,0 +1,57 @@
+"""bench/report.py's reasons(): which note explains each shortfall, and every name it gives is
+a note the report writes. Usage: reasons.py PATH/TO/report.py"""
+import importlib.util
+import sys
+
+spec = importlib.util.spec_from_file_location("report", sys.argv[1])
+report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(report)
+source = open(sys.argv[1]).read()
+
+slow_peer = {"onednn": {"gbps": 10.0}, "memcpy": {"gbps": 40.0}}
+fast_peer = {"onednn": {"gbps": 38.0}, "memcpy": {"gbps": 40.0}}
+
+
+def why(key, vs, ooc, fraction, impls=slow_peer, facts=""):
+    r = {"key": tuple(key.split("/")), "vs_fastest": vs, "fastest_peer": "onednn", "out_of_cache": ooc,
+         "limit_fraction": fraction}
+    return report.reasons(r, impls, facts, report.limit_target(r["key"][0]))
+
+
+cases = [
+    # under 1.2x the fastest peer
+    (why("fwd_eval/batch_norm/NHWC/32x64x56x56/t2", 1.04, True, 0.99, fast_peer), ["peer at copy speed"]),
+    (why("fwd_train/layer_norm/TD/31x301/t1", 1.03, False, 0.64), ["small calls"]),
+    (why("fwd_train/layer_norm/TD/512x768/t1", 1.11, False, 0.96), ["rows in cache"]),
+    (why("bwd/batch_norm/NHWC/1x320x64x64/t2", 0.92, False, 0.31), ["five streams"]),
+    (why("fwd_train/group_norm/NCHW/8x256x32x32/t1", 1.1, False, 0.9), ["not explained: under 1.2x"]),
+    # out of cache, under the target (forward 0.85, backward 0.75)
+    (why("bwd/batch_norm/NHWC/32x64x56x56/t1", 1.3, True, 0.30), ["five streams"]),
+    (why("fwd_eval/batch_norm/NHWC/50x2048x7x7/t1", 1.3, True, 0.55), ["evaluation coefficients"]),
+    (why("fwd_train/group_norm/NHWC/2x320x96x96/t1", 1.4, True, 0.49, facts="sweeps: per kept index, ..."),
+     ["channels-last columns"]),
+    (why("fwd_train/instance_norm/NHWC/32x64x56x56/t1", 1.4, True, 0.46, facts="sweeps: fused per kept index"),
+     ["two phases out of cache"]),
+    (why("fwd_train/layer_norm/TD/4096x4096/t1", 1.6, True, 0.59, facts="sweeps: fused per kept index"),
+     ["two phases out of cache"]),
+    (why("fwd_eval/batch_norm/NCHW/50x2048x7x7/t2", 2.1, True, 0.57, facts="sweeps: one: every element"),
+     ["not explained: out of cache"]),
+    # both at once, and neither
+    (why("fwd_train/batch_norm/NHWC/50x2048x7x7/t2", 0.94, True, 0.55, fast_peer, "sweeps: two: ..."),
+     ["peer at copy speed", "channels-last columns"]),
+    (why("bwd/layer_norm/TD/4096x4096/t1", 1.5, True, 0.80, facts="sweeps: fused per kept index"), []),
+    (why("fwd_train/layer_norm/TD/4096x4096/t1", 1.5, True, 0.86, facts="sweeps: fused per kept index"), []),
+]
+failed = 0
+for got, want in cases:
+    if got != want:
+        print(f"FAIL: {got} != {want}")
+        failed += 1
+# every name is a note's: written as "- **name.**" before that note's text
+names = {w for got, want in cases for w in want if not w.startswith("not explained")}
+for name in sorted(names):
+    if f"- **{name}.**" not in source:
+        print(f"FAIL: no note named '{name}' in report.py")
+        failed += 1
+print(f"{len(cases)} cases, {len(names)} note names, {failed} failed")
+sys.exit(1 if failed else 0)
