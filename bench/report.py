@@ -21,12 +21,18 @@ from collections import defaultdict
 PEERS = ["onednn", "libtorch", "handwritten", "xtensor"]
 
 
+LIMITS = ["copy_nt", "memcpy"]
+
+
 def load(path):
     """Per case and implementation: the median over the run's repetitions (one when it had none)
-    of the time and of the GB/s."""
+    of the time and of the GB/s. The copies (copy_nt, memcpy) do the same work for every case of a
+    shape at a thread count, whatever its norm, layout or op, and are timed once per case: their
+    GB/s is the median over all of those runs (`pooled`: how many), which steadies the limit."""
     with open(path) as f:
         data = json.load(f)
     runs = defaultdict(list)
+    copies = defaultdict(list)  # (impl, shape, threads): the GB/s of every run
     for b in data["benchmarks"]:
         if b.get("error_occurred") or b.get("run_type") == "aggregate":
             continue
@@ -34,6 +40,8 @@ def load(path):
         parts = name.split("/")
         op, norm, layout, shape, impl, threads = parts[:6]
         runs[((op, norm, layout, shape, threads), impl)].append(b)
+        if impl in LIMITS:
+            copies[(impl, shape, threads)].append(b.get("bytes_per_second", 0.0) / 1e9)
     cases = defaultdict(dict)
     for (key, impl), bs in runs.items():
         cases[key][impl] = {
@@ -43,6 +51,10 @@ def load(path):
             "model_bytes": bs[0].get("model_bytes", 0.0),
             "repetitions": len(bs),
         }
+        if impl in LIMITS:
+            pool = copies[(impl, key[3], key[4])]
+            cases[key][impl]["gbps"] = statistics.median(pool)
+            cases[key][impl]["pooled"] = len(pool)
     return data.get("context", {}), cases
 
 
@@ -240,7 +252,9 @@ def write_markdown(path, context, rows, command, cli, cases):
                   "largest |y|).\n\n")
         out.write("## Traffic model and limit\n\n")
         out.write("GB/s counts the bytes a pass must move: forward, x read and y written (BatchNorm training out of cache: x read "
-                  "twice, for the statistics and for the normalize sweep; in evaluation once); backward, x and dy read and dx written. `of copy_nt` is normspec's GB/s over the GB/s of a streaming-store copy of the same bytes "
+                  "twice, for the statistics and for the normalize sweep; in evaluation once); backward, x and dy read and dx written. `of copy_nt` is normspec's GB/s over the GB/s of a streaming-store copy of the same bytes (the median of every "
+                  "run of that copy in the run: it is timed once per case, so a shape that several norms, layouts and ops share "
+                  "has many, which steadies the limit; likewise memcpy) "
                   "in the same run (`*`: x and y do not fit in the 32 MiB L3). `vs X` is X's time over normspec's "
                   "(> 1: normspec is faster).\n\n")
         for title, part, target in split_ops(rows):
@@ -322,7 +336,7 @@ def write_markdown(path, context, rows, command, cli, cases):
                   "evaluation, where oneDNN reaches about memcpy's GB/s), 1.2x its speed is more than the memory allows.\n"
                   "- **evaluation coefficients.** BatchNorm in evaluation reads x once: the running statistics are known before it. The traffic model "
                   "counted a second read there until this run, which put these cases at up to 2.1 of copy_nt; counted as "
-                  "one read, the out-of-cache ones with 2048 channels fall under 0.85. On NHWC each vector of x takes three "
+                  "one read, the channels-last one with 2048 channels can fall under 0.85 (see the table). On NHWC each vector of x takes three "
                   "vectors of per-channel coefficients (mean, scale, shift: 24 KiB for 2048 channels, against 768 bytes for "
                   "64) from L1, where the stream of x evicts them; asking for x 2 KiB ahead as non-temporal "
                   "(prefetchnta) measured 1.6x faster than not. With 64 channels the same kernel runs near the copy's speed "

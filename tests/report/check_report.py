@@ -1,7 +1,11 @@
-"""bench/report.py's reasons(): which note explains each shortfall, and every name it gives is
-a note the report writes. Usage: reasons.py PATH/TO/report.py"""
+"""bench/report.py: the copies' GB/s pooled over every case of a shape and thread count; which
+note explains each shortfall, and every name reasons() gives is a note the report writes.
+Usage: check_report.py PATH/TO/report.py"""
 import importlib.util
+import json
+import os
 import sys
+import tempfile
 
 spec = importlib.util.spec_from_file_location("report", sys.argv[1])
 report = importlib.util.module_from_spec(spec)
@@ -53,5 +57,32 @@ for name in sorted(names):
     if f"- **{name}.**" not in source:
         print(f"FAIL: no note named '{name}' in report.py")
         failed += 1
-print(f"{len(cases)} cases, {len(names)} note names, {failed} failed")
+
+# the limits: one copy per case, pooled per (shape, threads) over norms, layouts and ops
+def bench(name, gbps, time=1.0):
+    return {"name": name + "/min_time:0.100/real_time", "run_type": "iteration", "real_time": time,
+            "bytes_per_second": gbps * 1e9, "out_of_cache": 1, "model_bytes": 8.0}
+
+
+runs = [bench("fwd_train/batch_norm/NCHW/2x3/copy_nt/t1", 40), bench("fwd_train/batch_norm/NCHW/2x3/copy_nt/t1", 44),
+        bench("fwd_eval/batch_norm/NHWC/2x3/copy_nt/t1", 50), bench("bwd/instance_norm/NCHW/2x3/copy_nt/t1", 80),
+        bench("bwd/instance_norm/NCHW/2x3/copy_nt/t1", 52), bench("fwd_train/batch_norm/NCHW/2x3/copy_nt/t2", 90),
+        bench("fwd_train/batch_norm/NCHW/2x3/normspec/t1", 30), bench("fwd_train/batch_norm/NCHW/2x3/normspec/t1", 32)]
+with tempfile.TemporaryDirectory() as d:
+    path = os.path.join(d, "run.json")
+    with open(path, "w") as f:
+        json.dump({"context": {}, "benchmarks": runs}, f)
+    _, loaded = report.load(path)
+checks = [
+    (loaded[("fwd_train", "batch_norm", "NCHW", "2x3", "t1")]["copy_nt"]["gbps"], 50.0),  # median of 40 44 50 52 80
+    (loaded[("bwd", "instance_norm", "NCHW", "2x3", "t1")]["copy_nt"]["gbps"], 50.0),
+    (loaded[("fwd_train", "batch_norm", "NCHW", "2x3", "t1")]["copy_nt"]["pooled"], 5),
+    (loaded[("fwd_train", "batch_norm", "NCHW", "2x3", "t2")]["copy_nt"]["gbps"], 90.0),  # another thread count
+    (loaded[("fwd_train", "batch_norm", "NCHW", "2x3", "t1")]["normspec"]["gbps"], 31.0),  # not pooled
+]
+for got, want in checks:
+    if abs(got - want) > 1e-9:
+        print(f"FAIL: {got} != {want}")
+        failed += 1
+print(f"{len(cases)} cases, {len(names)} note names, {len(checks)} pooling checks, {failed} failed")
 sys.exit(1 if failed else 0)
