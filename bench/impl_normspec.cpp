@@ -25,15 +25,12 @@ struct ns_runner : bench::owned_output {
     view x, y, dy, g, b, rmv, rvv, dg, db;
     ns_runner(const bench::bench_case& c_, bench::op o_, int t, const bench::inputs& in_)
         : owned_output(c_, o_, in_), threads(t), shape(layout_shape(c_)), pshape(param_shape(c_, in_)),
+          dgv(in_.gamma.size()), dbv(in_.gamma.size()),
           x(adapt(in.x.data(), in.x.size(), shape)), y(adapt(out.data(), out.size(), shape)),
           dy(adapt(in.dy.data(), in.dy.size(), shape)), g(adapt(in.gamma.data(), in.gamma.size(), pshape)),
           b(adapt(in.beta.data(), in.beta.size(), pshape)), rmv(adapt(rm.data(), rm.size(), {rm.size()})),
-          rvv(adapt(rv.data(), rv.size(), {rv.size()})), dg(adapt(grad_buffer(dgv, g.size()), g.size(), pshape)),
-          db(adapt(grad_buffer(dbv, g.size()), g.size(), pshape)) {}
-    static float* grad_buffer(std::vector<float>& v, std::size_t n) {
-        v.assign(n, 0.f);
-        return v.data();
-    }
+          rvv(adapt(rv.data(), rv.size(), {rv.size()})), dg(adapt(dgv.data(), dgv.size(), pshape)),
+          db(adapt(dbv.data(), dbv.size(), pshape)) {}
     static std::vector<std::size_t> layout_shape(const bench::bench_case& c) {
         if (c.shape.size() == 4 && c.nhwc())
             return {std::size_t(c.shape[0]), std::size_t(c.shape[2]), std::size_t(c.shape[3]), std::size_t(c.shape[1])};

@@ -373,6 +373,7 @@ def reasons(r, impls, facts, target):
     """The notes that explain a shortfall, by their names, from what the case is and what its plan
     runs (facts, matched to the notes' measurements; none when no note covers the case)."""
     op, norm, layout, shape, thr = r["key"]
+    channels = int(shape.split("x")[1]) if layout in ("NCHW", "NHWC") else 0  # shapes are N,C,H,W
     why = []
     vs = r.get("vs_fastest")
     if vs is not None and vs == vs and vs < 1.2:  # under 1.2x the fastest peer
@@ -391,9 +392,9 @@ def reasons(r, impls, facts, target):
     if r["out_of_cache"] and lf is not None and lf < target:  # under the out-of-cache target
         if op == "bwd" and norm == "batch_norm" and layout == "NHWC":
             why.append("five streams")
-        elif op == "fwd_eval" and norm == "batch_norm" and layout == "NHWC" and int(shape.split("x")[1]) >= 1024:
+        elif op == "fwd_eval" and norm == "batch_norm" and layout == "NHWC" and channels >= 1024:
             why.append("evaluation coefficients")
-        elif layout == "NHWC" and op != "bwd" and int(shape.split("x")[1]) > 64 and "fused" not in facts:
+        elif layout == "NHWC" and op != "bwd" and channels > 64 and "fused" not in facts:
             why.append("channels-last columns")
         elif "sweeps: fused" in facts or "sweeps: two" in facts or "sweeps: per kept index" in facts:
             why.append("two phases out of cache")

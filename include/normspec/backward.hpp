@@ -66,12 +66,9 @@ T* gradient_target(const char* what, const engine::binding& b, K& k, xt::xtensor
         own = xt::xtensor<T, P>::from_shape(shape);
         return own.data();
     } else {
-        using O = std::decay_t<decltype(k.e)>;
         const auto got = shape_of(k.e);
         engine::check_extents(what, engine::param_axis_names(b), b.param_shape, got.data(), int(got.size()), "gamma's");
-        if constexpr (has_memory<O> && std::is_same_v<std::decay_t<typename O::value_type>, T>) {
-            if (row_major(k.e)) return k.e.data() + k.e.data_offset();
-        }
+        if (T* p = packed_memory<T>(k.e)) return p;
         tmp.emplace(xt::xarray<T>::from_shape(shape));
         return tmp->data();
     }

@@ -186,17 +186,27 @@ bool row_major(const X& e) {
     return true;
 }
 
+/// e's own memory when it is row-major T, so that it can be read or written as a packed array
+/// in place; else nullptr (another value type, another layout, or no memory: a lazy expression).
+template <class T, class X>
+auto packed_memory(X& e) -> std::conditional_t<std::is_const_v<X>, const T*, T*> {
+    using D = std::decay_t<X>;
+    if constexpr (has_memory<D> && std::is_same_v<std::decay_t<typename D::value_type>, T>) {
+        if (row_major(e)) return e.data() + e.data_offset();
+    }
+    return nullptr;
+}
+
 /// A parameter tensor as a row-major T pointer, after checking its extents: its own memory when
 /// it already is one (no copy), else a copy packed into `storage` (left empty otherwise: an
 /// xt::xarray, even an empty one, allocates).
 template <class T, class E>
 const T* parameter_data(const std::string& what, const engine::axis_names& axes, const engine::extents& extents,
                         const E& e, std::optional<xt::xarray<T>>& storage, const std::string& whose) {
-    using X = std::decay_t<E>;
-    if constexpr (has_memory<X> && std::is_same_v<std::decay_t<typename X::value_type>, T>) {
+    if (const T* p = packed_memory<T>(e)) {
         const auto shape = shape_of(e);
         engine::check_extents(what, axes, extents, shape.data(), int(shape.size()), whose);
-        if (row_major(e)) return e.data() + e.data_offset();
+        return p;
     }
     storage.emplace(packed_checked<T>(what, axes, extents, e, whose));
     return storage->data();
