@@ -172,7 +172,6 @@ inline void lane_group_sums(const T* X, const T* DY, const offsets* rows, index_
                             const T* mh, index_t j, index_t t, double* sd, double* sq, double* sr) {
     using V = simd::vec<T>;
     constexpr index_t L = simd::width<T>;
-    constexpr index_t ask = NV * L * index_t(sizeof(T));
     V m[NV], ad[NV], aq[NV], ar[NV];
     for (int v = 0; v < NV; ++v) {
         m[v] = load_at<Tail>(mh, j + v * L, t);
@@ -189,12 +188,8 @@ inline void lane_group_sums(const T* X, const T* DY, const offsets* rows, index_
             ar[v] += xc;
         }
     };
-    const index_t asking = std::min(count, nnext);  // rows with a next row to ask for, then the rest
-    for (index_t i = 0; i < asking; ++i) {
-        simd::prefetch_l2<ask>(X + next[i].x + j), simd::prefetch_l2<ask>(DY + next[i].dy + j);
-        step(i);
-    }
-    for (index_t i = asking; i < count; ++i) step(i);
+    simd::for_rows_asking<NV * L * index_t(sizeof(T))>(
+        count, nnext, step, [&](index_t i) { return X + next[i].x + j; }, [&](index_t i) { return DY + next[i].dy + j; });
     for (int v = 0; v < NV; ++v) {
         const index_t lanes = Tail ? t : L;
         add_lanes<T>(sd + j + v * L, lanes, ad[v]);

@@ -159,16 +159,7 @@ template <bool Rms, int NV, bool Tail, class T, class Merge>
             }
         }
     };
-    // rows with a next row to ask for, then the rest: a test per row costs 15 % in cache (the
-    // prefetch is written out here: in a lambda of its own, g++ 12 finds it free of side effects
-    // and drops it)
-    constexpr index_t ask = NV * L * index_t(sizeof(T));
-    const index_t asking = std::min(rows, nnext);
-    for (index_t i = 0; i < asking; ++i) {
-        simd::prefetch_l2<ask>(next[i] + j);
-        first(i);
-    }
-    for (index_t i = asking; i < rows; ++i) first(i);
+    simd::for_rows_asking<NV * L * index_t(sizeof(T))>(rows, nnext, first, [&](index_t i) { return next[i] + j; });
     if constexpr (!Rms) {
         const V inv(T(1) / T(rows));
         bool near = true;
