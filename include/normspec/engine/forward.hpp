@@ -175,10 +175,16 @@ double column_moments(const loop_dims& R, index_t r0, index_t r1, const T* base,
 /// Moments of the reduced runs of R[r0, r1) (run r at base + r.x: n values at step s) merged
 /// into m. Contiguous runs shorter than half a chunk (BatchNorm's 7x7 planes) are summed a
 /// chunk's worth at a time in one set of vector sums, instead of one horizontal sum and one
-/// merge per run. runs is reused storage for their pointers.
+/// merge per run; a single run (R empty: rows) goes to its chunks directly (batching it and
+/// walking R's odometer cost up to a quarter of a 256-value row's time in cache). runs is reused
+/// storage for their pointers.
 template <bool Rms, class T>
 void runs_moments(const loop_dims& R, index_t r0, index_t r1, const T* base, index_t n, index_t s, moments& m,
                   std::vector<const T*>& runs) {
+    if (R.empty()) {  // one run (rows): nothing to batch
+        if (r0 < r1) accumulate_run<Rms>(base, n, s, m);
+        return;
+    }
     if (s != 1 || 2 * n > chunk)
         return for_range(R, r0, r1, [&](const offsets& r) { accumulate_run<Rms>(base + r.x, n, s, m); });
     for_row_batches(R, r0, r1, base, chunk / n, runs,
@@ -500,6 +506,10 @@ void apply_rows_of(bool stream, const loop_dims& R, index_t r0, index_t r1, cons
     if (flat_columns(R, inner) && g == nullptr)
         return apply_flat_stores(stream, x, y, r0 * n, r1 * n, n, wrapped_coefficients<T>(mu, sc, sh, n));
     const index_t ss = inner.reduced ? 0 : inner.sstat;
+    if (R.empty()) {  // one run (rows): its stores without the odometer
+        if (r0 < r1) apply_run_stores<T>(stream, x, y, n, inner.sx, inner.sy, mu, sc, sh, ss, g, bt, inner.sparam);
+        return;
+    }
     for_range(R, r0, r1, [&](const offsets& r) {
         apply_run_stores<T>(stream, x + r.x, y + r.y, n, inner.sx, inner.sy, mu, sc, sh, ss, g ? g + r.param : nullptr,
                             bt ? bt + r.param : nullptr, inner.sparam);
