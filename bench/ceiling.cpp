@@ -84,10 +84,9 @@ float run_rows(variant v, const float* x, float* y, index_t r0, index_t r1, inde
                 live += simd::sum(xr, n);
                 break;
             case two_phase: {
-                V lin[4], sq[4];
-                for (int k = 0; k < 4; ++k) lin[k] = sq[k] = V(0.0f);
-                simd::add_shifted_sums(xr, n, V(0.0f), lin, sq);
-                coefficients(xsimd::hadd(lin[0] + lin[1] + lin[2] + lin[3]), xsimd::hadd(sq[0] + sq[1] + sq[2] + sq[3]), n, mean, rstd);
+                float lin = 0, sq = 0;
+                simd::shifted_sums(&xr, 1, n, 0.0f, lin, sq);
+                coefficients(lin, sq, n, mean, rstd);
                 const V m(mean), s(rstd);
                 simd::for_each_store<true>(yr, n, [&](auto load) { return (load(xr) - m) * s; });
                 break;
