@@ -13,15 +13,18 @@
 //              (x and x^2 in float, about 0): less work than normspec's shifted sums in chunks,
 //              which keep the variance of data far from 0 (float 1e4 + N(0,1)); fine for this
 //              program's data, not for a library
+//   pipelined  two-phase's work with each row's normalize sweep also reading the next row for its
+//              sums (simd::for_each_store_summing: the structure of normspec's fused rows out of
+//              cache, where the reads from memory and the streaming stores go on at once)
 //   one sweep  per row, the sums of x and the stores of y in the same sweep over x (y from the
 //              previous row's statistics: a wrong result, but what LayerNorm would cost if its
 //              statistics were known before x is read; a bound, not a kernel)
 //   normspec   forward() of norm<reduce<D>> (LayerNorm without parameters: two-phase's work),
 //              training mode, into the same y
 // copy_nt is printed as GB/s under the report's traffic model (x read, y written), the others as
-// fractions of it (read: the bytes of x over the time). Out of cache, two-phase against the
-// report's target (0.85 of copy_nt) says what the structure reaches here, and normspec against
-// two-phase what its kernel leaves on the table.
+// fractions of it (read: the bytes of x over the time). Out of cache, two-phase and pipelined
+// against the report's target (0.85 of copy_nt) say what each structure reaches here, and
+// normspec against pipelined what its engine leaves on the table.
 #include <normspec/normspec.hpp>
 #include <xtensor/xadapt.hpp>
 
@@ -59,7 +62,7 @@ struct page_buffer {
     }
 };
 
-enum variant { copy_nt, read_only, two_phase, one_sweep, normspec_forward, variants };
+enum variant { copy_nt, read_only, two_phase, pipelined, one_sweep, normspec_forward, variants };
 volatile float kept;  // what the reads computed, so that they are not optimized away
 
 // mean and 1/sqrt(var + eps) of a row from its sums about 0
@@ -89,6 +92,22 @@ float run_rows(variant v, const float* x, float* y, index_t r0, index_t r1, inde
                 coefficients(lin, sq, n, mean, rstd);
                 const V m(mean), s(rstd);
                 simd::for_each_store<true>(yr, n, [&](auto load) { return (load(xr) - m) * s; });
+                break;
+            }
+            case pipelined: {
+                float lin = 0, sq = 0;
+                if (r == r0) {  // the first row's sums on their own
+                    simd::shifted_sums(&xr, 1, n, 0.0f, lin, sq);
+                    coefficients(lin, sq, n, mean, rstd);
+                }
+                const V m(mean), s(rstd);
+                auto op = [=](auto load) { return (load(xr) - m) * s; };
+                if (r + 1 == r1) {  // the last row's sweep alone
+                    simd::for_each_store<true>(yr, n, op);
+                    break;
+                }
+                simd::for_each_store_summing<true>(yr, n, xr + n, 0.0f, lin, sq, op);
+                coefficients(lin, sq, n, mean, rstd);
                 break;
             }
             case one_sweep: {
@@ -175,7 +194,7 @@ int main(int argc, char** argv) {
     if (shapes.empty()) shapes = {{4096, 4096}, {2048, 3136}, {32, 200704}};
     if (thread_counts.empty()) thread_counts = {1, 2};
 
-    std::printf("| shape | thr | copy_nt GB/s | read | two-phase | one sweep | normspec |\n|---|---|---|---|---|---|---|\n");
+    std::printf("| shape | thr | copy_nt GB/s | read | two-phase | pipelined | one sweep | normspec |\n|---|---|---|---|---|---|---|---|\n");
     float sink = 0;
     std::mt19937 rng(12345);
     constexpr std::size_t flush_count = std::size_t(16) << 20;  // 64 MiB of floats
@@ -187,16 +206,17 @@ int main(int argc, char** argv) {
         float* const x = xb.data.get();
         float* const y = yb.data.get();
         for (std::size_t i = 0; i < n; ++i) x[i] = float(i % 1021) * 0.01f - 5.0f, y[i] = 0.0f;
-        // two-phase and normspec compute the same y: checked once per shape before timing
-        {
-            seconds_of(two_phase, x, y, s, 1, sink);
-            const std::vector<float> expected(y, y + n);
-            seconds_of(normspec_forward, x, y, s, 1, sink);
+        // two-phase, pipelined and normspec compute the same y: checked once per shape before timing
+        seconds_of(two_phase, x, y, s, 1, sink);
+        const std::vector<float> expected(y, y + n);
+        for (variant v : {pipelined, normspec_forward}) {
+            std::fill(y, y + n, 0.0f);
+            seconds_of(v, x, y, s, 1, sink);
             double worst = 0;
             for (std::size_t i = 0; i < n; ++i) worst = std::max(worst, double(std::fabs(y[i] - expected[i])));
             if (!(worst <= 1e-3)) {
-                std::fprintf(stderr, "normspec_ceiling: normspec's y differs from two-phase's by %g at %ldx%ld\n", worst,
-                             long(s.rows), long(s.cols));
+                std::fprintf(stderr, "normspec_ceiling: %s's y differs from two-phase's by %g at %ldx%ld\n",
+                             v == pipelined ? "pipelined" : "normspec", worst, long(s.rows), long(s.cols));
                 return 1;
             }
         }
@@ -220,9 +240,9 @@ int main(int argc, char** argv) {
                 const double bytes = double(v == read_only ? 1 : 2) * double(n) * sizeof(float);  // read: x alone
                 gbps[v] = bytes / times[v][times[v].size() / 2] / 1e9;
             }
-            std::printf("| %ldx%ld | t%d | %.1f | %.2f | %.2f | %.2f | %.2f |\n", long(s.rows), long(s.cols), threads, gbps[copy_nt],
-                        gbps[read_only] / gbps[copy_nt], gbps[two_phase] / gbps[copy_nt], gbps[one_sweep] / gbps[copy_nt],
-                        gbps[normspec_forward] / gbps[copy_nt]);
+            std::printf("| %ldx%ld | t%d | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", long(s.rows), long(s.cols), threads,
+                        gbps[copy_nt], gbps[read_only] / gbps[copy_nt], gbps[two_phase] / gbps[copy_nt],
+                        gbps[pipelined] / gbps[copy_nt], gbps[one_sweep] / gbps[copy_nt], gbps[normspec_forward] / gbps[copy_nt]);
         }
     }
     std::printf("(fractions of copy_nt's GB/s, each the median of %d repetitions in random order; "

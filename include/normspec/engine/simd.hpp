@@ -301,6 +301,42 @@ template <bool Stream, class T, class F>
     if (i < n) store_part<Stream>(y + i, n - i, f(first_load<T>{i, n - i}));
 }
 
+/// for_each_store<Stream>(y, n, f) that also reads another run p[0, n) in the same loop, for
+/// the sums of p[i] - k and of (p[i] - k)^2 (one chain of each: this sweep is bound by memory):
+/// the pipeline of rows out of cache, where the normalize sweep of one row (its x from cache)
+/// reads the next row from memory for its statistics, so that reads from memory and streaming
+/// stores overlap as in a copy.
+template <bool Stream, class T, class F>
+[[gnu::always_inline]] inline void for_each_store_summing(T* y, index_t n, const T* p, T k, T& lin, T& sq, F&& f) {
+    using V = vec<T>;
+    constexpr index_t L = width<T>;
+    const V kv(k);
+    V r(T(0)), q(T(0)), r2(T(0)), q2(T(0));  // r2, q2: the partial vectors at the ends
+    index_t i = 0;
+    if constexpr (Stream) {
+        i = stream_head(y, n);
+        if (i) {
+            r2 = xsimd::select(lanes_below<T>(i), load_first(p, i) - kv, V(T(0)));
+            q2 = r2 * r2;
+            store_part<Stream>(y, i, f(first_load<T>{0, i}));
+        }
+    }
+    for (; i + L <= n; i += L) {
+        const V d = V::load_unaligned(p + i) - kv;
+        r += d;
+        q = xsimd::fma(d, d, q);
+        store<Stream>(y + i, f(full_load<T>{i}));
+    }
+    if (i < n) {
+        const V d = xsimd::select(lanes_below<T>(n - i), load_first(p + i, n - i) - kv, V(T(0)));
+        r2 += d;
+        q2 = xsimd::fma(d, d, q2);
+        store_part<Stream>(y + i, n - i, f(first_load<T>{i, n - i}));
+    }
+    lin = xsimd::hadd(r + r2);
+    sq = xsimd::hadd(q + q2);
+}
+
 /// The same over nruns runs of len values back to back (len >= width), whose coefficients change
 /// from run to run: f(load, pick), where pick(c) is the vector of c[k * s] for the run k of each
 /// lane. A vector spans at most two runs; its lanes before the run's end take that run's value,
