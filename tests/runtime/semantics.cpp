@@ -425,6 +425,76 @@ TEST_CASE("streaming stores: decided by each thread's share of x and y; LayerNor
     check(rms_norm{}, 1024);
 }
 
+TEST_CASE("out of cache, each kept index's normalize sweep takes the next one's statistics (a pipeline)") {
+    // Streaming and fused with contiguous reduced runs without parameters along them (rows; planes
+    // of a BatchNorm, InstanceNorm or GroupNorm), a thread's kept indices form a pipeline: while one is
+    // normalized from cache, run by run, the same loop reads the next one's runs from memory for
+    // its moments. Same values as the reference: large offsets, a sorted ramp and outliers first
+    // (second passes inside the pipeline), a row without a next one (each thread's last), heads
+    // and tails (y one float past a vector boundary, odd run lengths), parameters per kept index
+    // (folded) and per channel along a group's runs.
+    const double bytes = 0.8 * engine::detail::llc_bytes();  // x and y together: one and two threads stream
+    auto count_for = [&](std::size_t per) { return std::size_t(bytes / double(2 * sizeof(float) * per)) | 1; };
+    {
+        using plain = norm<reduce<D>>;
+        const std::size_t rows = count_for(1024);
+        const auto [p, size] = plan_for<plain>({"T", "D"}, {engine::index_t(rows), 1024}, false);
+        const auto d = engine::decide<float>(p, size, 1, 0, false, false);
+        CHECK(d.stream);
+        CHECK(d.pipelined);
+        CHECK(engine::explain(p, d).find("the next kept index's runs read for its statistics") != std::string::npos);
+        const auto small = plan_for<plain>({"T", "D"}, {64, 1024}, false);
+        CHECK_FALSE(engine::decide<float>(small.p, small.size, 1, 0, false, false).pipelined);  // in cache: no streaming
+        // gamma and beta along the rows: two sweeps per row (see pipelined_rows)
+        const auto ln = plan_for<layer_norm>({"T", "D"}, {engine::index_t(rows), 1024}, true);
+        CHECK_FALSE(engine::decide<float>(ln.p, ln.size, 1, 0, false, false).pipelined);
+        const auto planes = plan_for<batch_norm>({"N", "C", "H", "W"}, {engine::index_t(count_for(97 * 49)), 97, 7, 7}, false);
+        CHECK_FALSE(engine::decide<float>(planes.p, planes.size, 1, 0, false, false).pipelined);  // not fused
+        // the cases below
+        const auto gn = plan_for<group_norm<3>>({"N", "C", "H", "W"}, {engine::index_t(count_for(6 * 31 * 37)), 6, 31, 37}, true);
+        CHECK(engine::decide<float>(gn.p, gn.size, 1, 0, false, false).pipelined);
+        const auto bn = plan_for<batch_norm>({"N", "C", "H", "W"}, {engine::index_t(count_for(16 * 17 * 19)), 16, 17, 19}, true);
+        CHECK(engine::decide<float>(bn.p, bn.size, 1, 0, false, false).pipelined);
+        const auto in2 = plan_for<instance_norm>({"N", "C", "H", "W"}, {engine::index_t(count_for(3 * 33 * 35)), 3, 33, 35}, true);
+        const auto two = engine::decide<float>(in2.p, in2.size, 2, 0, false, false);
+        if (two.threads == 2) CHECK(two.pipelined);
+    }
+    auto run = [&](auto spec, std::vector<std::size_t> shape, long groups, auto&& edit) {
+        using S = decltype(spec);
+        CAPTURE(shape);
+        std::size_t total = 1;
+        for (auto e : shape) total *= e;
+        xt::xtensor<float, 4> x = xt::cast<float>(xt::reshape_view(th::randn({total}, 1e4, 1.0),
+                                                                    std::array<std::size_t, 4>{shape[0], shape[1], shape[2], shape[3]}));
+        edit(x);
+        xt::xarray<float> g = xt::cast<float>(th::randn({shape[1]}, 1.0, 0.5)), bt = xt::cast<float>(th::randn({shape[1]}, 0.0, 0.5));
+        const auto want = ref::norm(describe<S>(), {"N", "C", "H", "W"}, xt::cast<double>(x), xt::cast<double>(g), xt::cast<double>(bt),
+                                    groups, 1e-5);
+        std::vector<float> ybuf(total + 64);
+        float* yp = th::placed(ybuf, 64, sizeof(float));
+        auto y = xt::adapt(yp, total, xt::no_ownership(), std::array<std::size_t, 4>{shape[0], shape[1], shape[2], shape[3]});
+        for (int t : {1, 2}) {
+            CAPTURE(t);
+            std::fill(ybuf.begin(), ybuf.end(), -7.0f);
+            const auto r = forward(S{}, named<N, C, H, W>(x), gamma(g), beta(bt), out(y), threads(t));
+            CHECK(th::rel_err(r.rstd, want.rstd) < 1e-6);
+            CHECK(th::rel_err(y, want.y) < 2e-6);
+            CHECK(ybuf.front() == -7.0f);  // nothing written before y or past its end
+            CHECK(ybuf.back() == -7.0f);
+        }
+    };
+    const std::size_t plane = 33 * 35;
+    run(instance_norm{}, {count_for(3 * plane), 3, 33, 35}, 0, [&](auto& x) {
+        for (std::size_t i = 0; i < plane; ++i) x(1, 0, i / 35, i % 35) = 1e4f + 0.01f * float(i);  // sorted ramp
+        for (std::size_t i = 0; i < 40; ++i) x(1, 1, i / 35, i % 35) += 50.0f;                     // outliers first
+    });
+    run(group_norm<3>{}, {count_for(6 * 31 * 37), 6, 31, 37}, 3, [&](auto& x) {
+        for (std::size_t i = 0; i < 40; ++i) x(2, 2, 0, i % 37) += 50.0f;  // group 1's second run: outliers first
+    });
+    // BatchNorm fused per channel, over the planes of every sample (the runs of R)
+    run(batch_norm{}, {count_for(16 * 17 * 19), 16, 17, 19}, 0, [](auto&) {});
+}
+
 // ---- a call's allocations -------------------------------------------------------------------
 // operator new, replaced for this test executable, counts while `counting` is set (on this thread)
 namespace {

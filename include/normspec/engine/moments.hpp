@@ -52,37 +52,43 @@ struct moments {
 
 inline constexpr index_t chunk = 2048;  // 8 KiB of float: a chunk's second read hits L1
 
+/// Centred moments of one chunk, made of nruns contiguous runs of len values, merged into m;
+/// sums(c, r, q) takes the chunk's first pass: the sums r of x - c and q of (x - c)^2 in T.
+/// c is the mean of the chunk's first vector. The variance from those sums, q - r^2/count, loses
+/// about (r^2/count) / (q - r^2/count) of float's precision; when the mean is within one standard
+/// deviation of c (for random data nearly always: c's error is a quarter of one) that is at most
+/// a factor 2, and the chunk is done. Otherwise (sorted data, outliers first) a second pass takes
+/// the sums again about the mean just found; what r is left then is the rounding residue of that
+/// centre, and removing r^2/count makes q exact to second order.
+template <class T, class Sums>
+[[gnu::always_inline]] inline void centred_chunk(const T* const* runs, index_t nruns, index_t len, moments& m, Sums&& sums) {
+    const double count = double(nruns) * double(len);
+    const index_t head = std::min<index_t>(len, simd::width<T>);
+    // the divides by count and head are off the chain of dependent latencies: count is known
+    // before the data are read
+    const double inv = 1.0 / count;
+    T c = T(double(simd::sum(runs[0], head)) * (1.0 / double(head))), r, q;
+    sums(c, r, q);
+    double shift = double(r) * inv, m2 = double(q) - double(r) * shift;
+    if (!(double(r) * shift <= m2)) {
+        c = T(double(c) + shift);
+        simd::shifted_sums(runs, nruns, len, c, r, q);
+        shift = double(r) * inv, m2 = double(q) - double(r) * shift;
+    }
+    m.merge<false>(count, double(c) + shift, m2);
+}
+
 /// Moments of one chunk, made of nruns contiguous runs of len values (one run of a long row, or
 /// a chunk's worth of short runs: BatchNorm's 7x7 planes), merged into m: one pass of shifted
-/// sums over all of them in T (a second when the first's centre was far off).
+/// sums over all of them in T (a second when the first's centre was far off: centred_chunk).
 template <bool Rms, class T>
 inline void accumulate_chunk(const T* const* runs, index_t nruns, index_t len, moments& m) {
-    const double count = double(nruns) * double(len);
     if constexpr (Rms) {
         double q = 0;
         for (index_t i = 0; i < nruns; ++i) q += double(simd::squares(runs[i], len));
-        m.merge<true>(count, 0.0, q);
+        m.merge<true>(double(nruns) * double(len), 0.0, q);
     } else {
-        // sums of x - c and (x - c)^2 about c, the mean of the chunk's first vector. The variance
-        // from them, q - r^2/count, loses about (r^2/count) / (q - r^2/count) of float's
-        // precision; when the mean is within one standard deviation of c (for random data nearly
-        // always: c's error is a quarter of one) that is at most a factor 2, and the chunk is
-        // done. Otherwise (sorted data, outliers first) a second pass takes the sums again about
-        // the mean just found; what r is left then is the rounding residue of that centre, and
-        // removing r^2/count makes q exact to second order.
-        const index_t head = std::min<index_t>(len, simd::width<T>);
-        // the divides by count and head are off the chain of dependent latencies: count is known
-        // before the data are read
-        const double inv = 1.0 / count;
-        T c = T(double(simd::sum(runs[0], head)) * (1.0 / double(head))), r, q;
-        simd::shifted_sums(runs, nruns, len, c, r, q);
-        double shift = double(r) * inv, m2 = double(q) - double(r) * shift;
-        if (!(double(r) * shift <= m2)) {
-            c = T(double(c) + shift);
-            simd::shifted_sums(runs, nruns, len, c, r, q);
-            shift = double(r) * inv, m2 = double(q) - double(r) * shift;
-        }
-        m.merge<false>(count, double(c) + shift, m2);
+        centred_chunk(runs, nruns, len, m, [&](T c, T& r, T& q) { simd::shifted_sums(runs, nruns, len, c, r, q); });
     }
 }
 
