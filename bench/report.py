@@ -356,6 +356,10 @@ def write_markdown(path, context, rows, command, cli, cases):
                   "finds x and dy in cache.\n"
                   "- **peer at copy speed.** Where the fastest peer already moves its bytes at about the speed of a copy (BatchNorm on NHWC in "
                   "evaluation, where oneDNN reaches about memcpy's GB/s), 1.2x its speed is more than the memory allows.\n"
+                  "- **both near the limit.** Where normspec already moves its bytes at 0.85-1.05 of copy_nt (from the "
+                  "out-of-cache target to the copy's own speed) and the fastest peer is still within 1.2x of it, that peer runs at more than 0.7 "
+                  "of copy_nt, and 1.2x its speed asks normspec for 1.2 times the peer's fraction (the case's line gives "
+                  "both: normspec's fraction over its ratio is the peer's): within a few percent of the copy itself.\n"
                   "- **evaluation coefficients.** BatchNorm in evaluation reads x once: the running statistics are known before it. The traffic model "
                   "counted a second read there until this run, which put these cases at up to 2.1 of copy_nt; counted as "
                   "one read, the channels-last one with 2048 channels can fall under 0.85 (see the table). On NHWC each vector of x takes three "
@@ -391,6 +395,13 @@ def write_markdown(path, context, rows, command, cli, cases):
                       f"Plan: {facts}\n")
 
 
+def at_limit(r):
+    """normspec at the copy's speed, from the forward's out-of-cache target (0.85 of copy_nt) up to
+    the copy itself; above it (in cache) copy_nt is no limit"""
+    lf = r.get("limit_fraction")
+    return lf is not None and 0.85 <= lf <= 1.05
+
+
 def reasons(r, impls, facts, target):
     """The notes that explain a shortfall, by their names, from what the case is and what its plan
     runs (facts, matched to the notes' measurements; none when no note covers the case)."""
@@ -406,6 +417,8 @@ def reasons(r, impls, facts, target):
             why.append("small calls")
         elif layout == "TD" and not r["out_of_cache"]:
             why.append("rows in cache")
+        elif at_limit(r):
+            why.append("both near the limit")
         elif op == "bwd" and norm == "batch_norm" and layout == "NHWC":
             why.append("five streams")
         else:
