@@ -647,8 +647,10 @@ inline bool group_blocks(const plan& p) {
 /// sweep both go on at once, as in a copy. normspec_ceiling's kernels on rows of 16 KiB, 12 KiB
 /// and 784 KiB at one thread: apply_run_summing in a loop over rows 0.82-0.84 of copy_nt, the
 /// same rows in two sweeps 0.62-0.67. With gamma and beta along the run (LayerNorm, RMSNorm,
-/// LayerNorm over C, H, W) the same sweep measured 0.49-0.62, slower than two sweeps: its loads
-/// of gamma, beta and the row in cache come from L2 while the next row comes from memory.
+/// LayerNorm over C, H, W) the same sweep measured 0.46-0.66, slower than two sweeps: its loads
+/// of gamma, beta and the row in cache come from L2 while the next row comes from memory; two
+/// rows at a time sharing those loads (as the two sweeps do), pipelined measured 0.62-0.80 against
+/// 0.65-0.79 in two sweeps (hand-written, three runs).
 inline bool pipelined_rows(const plan& p, bool fused, bool stream) {
     if (!fused || !stream || grouped_columns(p) || group_blocks(p)) return false;
     const loop_dim& inner = p.fused.back();
