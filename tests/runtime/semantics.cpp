@@ -431,8 +431,8 @@ TEST_CASE("out of cache, each kept index's normalize sweep takes the next one's 
     // normalized from cache, run by run, the same loop reads the next one's runs from memory for
     // its moments. Same values as the reference: large offsets, a sorted ramp and outliers first
     // (second passes inside the pipeline), a row without a next one (each thread's last), heads
-    // and tails (y one float past a vector boundary, odd run lengths), parameters per kept index
-    // (folded) and per channel along a group's runs.
+    // and tails (y one value past a vector boundary, odd run lengths), parameters per kept index
+    // (folded) and per channel along a group's runs; float, and double for InstanceNorm.
     const double bytes = 0.8 * engine::detail::llc_bytes();  // x and y together: one and two threads stream
     auto count_for = [&](std::size_t per) { return std::size_t(bytes / double(2 * sizeof(float) * per)) | 1; };
     {
@@ -459,40 +459,44 @@ TEST_CASE("out of cache, each kept index's normalize sweep takes the next one's 
         const auto two = engine::decide<float>(in2.p, in2.size, 2, 0, false, false);
         if (two.threads == 2) CHECK(two.pipelined);
     }
-    auto run = [&](auto spec, std::vector<std::size_t> shape, long groups, auto&& edit) {
+    // spec on float or double data, N samples of C x H x W, N as large as count_for makes it
+    auto run = [&](auto spec, auto type, std::array<std::size_t, 3> chw, long groups, auto&& edit) {
         using S = decltype(spec);
+        using E = decltype(type);
+        const std::size_t per = chw[0] * chw[1] * chw[2], n = count_for(per * sizeof(E) / sizeof(float)), total = n * per;
+        const std::array<std::size_t, 4> shape{n, chw[0], chw[1], chw[2]};
         CAPTURE(shape);
-        std::size_t total = 1;
-        for (auto e : shape) total *= e;
-        xt::xtensor<float, 4> x = xt::cast<float>(xt::reshape_view(th::randn({total}, 1e4, 1.0),
-                                                                    std::array<std::size_t, 4>{shape[0], shape[1], shape[2], shape[3]}));
+        CAPTURE(sizeof(E));
+        xt::xtensor<E, 4> x = xt::cast<E>(xt::reshape_view(th::randn({total}, 1e4, 1.0), shape));
         edit(x);
-        xt::xarray<float> g = xt::cast<float>(th::randn({shape[1]}, 1.0, 0.5)), bt = xt::cast<float>(th::randn({shape[1]}, 0.0, 0.5));
+        xt::xarray<E> g = xt::cast<E>(th::randn({chw[0]}, 1.0, 0.5)), bt = xt::cast<E>(th::randn({chw[0]}, 0.0, 0.5));
         const auto want = ref::norm(describe<S>(), {"N", "C", "H", "W"}, xt::cast<double>(x), xt::cast<double>(g), xt::cast<double>(bt),
                                     groups, 1e-5);
-        std::vector<float> ybuf(total + 64);
-        float* yp = th::placed(ybuf, 64, sizeof(float));
-        auto y = xt::adapt(yp, total, xt::no_ownership(), std::array<std::size_t, 4>{shape[0], shape[1], shape[2], shape[3]});
+        std::vector<E> ybuf(total + 64);
+        E* yp = th::placed(ybuf, 64, sizeof(E));
+        auto y = xt::adapt(yp, total, xt::no_ownership(), shape);
+        const double tol = std::is_same_v<E, float> ? 1e-6 : 1e-10;  // double: x itself at 1e4 carries 1e-12
         for (int t : {1, 2}) {
             CAPTURE(t);
-            std::fill(ybuf.begin(), ybuf.end(), -7.0f);
+            std::fill(ybuf.begin(), ybuf.end(), E(-7));
             const auto r = forward(S{}, named<N, C, H, W>(x), gamma(g), beta(bt), out(y), threads(t));
-            CHECK(th::rel_err(r.rstd, want.rstd) < 1e-6);
-            CHECK(th::rel_err(y, want.y) < 2e-6);
-            CHECK(ybuf.front() == -7.0f);  // nothing written before y or past its end
-            CHECK(ybuf.back() == -7.0f);
+            CHECK(th::rel_err(r.rstd, want.rstd) < tol);
+            CHECK(th::rel_err(y, want.y) < 2 * tol);
+            CHECK(ybuf.front() == E(-7));  // nothing written before y or past its end
+            CHECK(ybuf.back() == E(-7));
         }
     };
-    const std::size_t plane = 33 * 35;
-    run(instance_norm{}, {count_for(3 * plane), 3, 33, 35}, 0, [&](auto& x) {
-        for (std::size_t i = 0; i < plane; ++i) x(1, 0, i / 35, i % 35) = 1e4f + 0.01f * float(i);  // sorted ramp
-        for (std::size_t i = 0; i < 40; ++i) x(1, 1, i / 35, i % 35) += 50.0f;                     // outliers first
-    });
-    run(group_norm<3>{}, {count_for(6 * 31 * 37), 6, 31, 37}, 3, [&](auto& x) {
-        for (std::size_t i = 0; i < 40; ++i) x(2, 2, 0, i % 37) += 50.0f;  // group 1's second run: outliers first
+    auto ramp_and_outliers = [](auto& x) {
+        for (std::size_t i = 0; i < 33 * 35; ++i) x(1, 0, i / 35, i % 35) = 1e4 + 0.01 * double(i);  // sorted ramp
+        for (std::size_t i = 0; i < 40; ++i) x(1, 1, i / 35, i % 35) += 50;                          // outliers first
+    };
+    run(instance_norm{}, float{}, {3, 33, 35}, 0, ramp_and_outliers);
+    run(instance_norm{}, double{}, {3, 33, 35}, 0, ramp_and_outliers);
+    run(group_norm<3>{}, float{}, {6, 31, 37}, 3, [&](auto& x) {
+        for (std::size_t i = 0; i < 40; ++i) x(2, 2, 0, i % 37) += 50;  // group 1's second run: outliers first
     });
     // BatchNorm fused per channel, over the planes of every sample (the runs of R)
-    run(batch_norm{}, {count_for(16 * 17 * 19), 16, 17, 19}, 0, [](auto&) {});
+    run(batch_norm{}, float{}, {16, 17, 19}, 0, [](auto&) {});
 }
 
 // ---- a call's allocations -------------------------------------------------------------------
