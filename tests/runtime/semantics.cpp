@@ -432,7 +432,8 @@ TEST_CASE("out of cache, each kept index's normalize sweep takes the next one's 
     // its moments. Same values as the reference: large offsets, a sorted ramp and outliers first
     // (second passes inside the pipeline), a row without a next one (each thread's last), heads
     // and tails (y one value past a vector boundary, odd run lengths), parameters per kept index
-    // (folded) and per channel along a group's runs; float, and double for InstanceNorm.
+    // (folded) and per channel along a group's runs; float, and double for InstanceNorm; an rms
+    // norm over planes.
     const double bytes = 0.8 * engine::detail::llc_bytes();  // x and y together: one and two threads stream
     auto count_for = [&](std::size_t per) { return std::size_t(bytes / double(2 * sizeof(float) * per)) | 1; };
     {
@@ -470,8 +471,8 @@ TEST_CASE("out of cache, each kept index's normalize sweep takes the next one's 
         xt::xtensor<E, 4> x = xt::cast<E>(xt::reshape_view(th::randn({total}, 1e4, 1.0), shape));
         edit(x);
         xt::xarray<E> g = xt::cast<E>(th::randn({chw[0]}, 1.0, 0.5)), bt = xt::cast<E>(th::randn({chw[0]}, 0.0, 0.5));
-        const auto want = ref::norm(describe<S>(), {"N", "C", "H", "W"}, xt::cast<double>(x), xt::cast<double>(g), xt::cast<double>(bt),
-                                    groups, 1e-5);
+        const auto want = ref::norm(describe<S>(), {"N", "C", "H", "W"}, xt::cast<double>(x), xt::cast<double>(g),
+                                    S::has_beta ? xt::xarray<double>(xt::cast<double>(bt)) : xt::xarray<double>{}, groups, 1e-5);
         std::vector<E> ybuf(total + 64);
         E* yp = th::placed(ybuf, 64, sizeof(E));
         auto y = xt::adapt(yp, total, xt::no_ownership(), shape);
@@ -479,7 +480,12 @@ TEST_CASE("out of cache, each kept index's normalize sweep takes the next one's 
         for (int t : {1, 2}) {
             CAPTURE(t);
             std::fill(ybuf.begin(), ybuf.end(), E(-7));
-            const auto r = forward(S{}, named<N, C, H, W>(x), gamma(g), beta(bt), out(y), threads(t));
+            const auto r = [&] {
+                if constexpr (S::has_beta)
+                    return forward(S{}, named<N, C, H, W>(x), gamma(g), beta(bt), out(y), threads(t));
+                else
+                    return forward(S{}, named<N, C, H, W>(x), gamma(g), out(y), threads(t));
+            }();
             CHECK(th::rel_err(r.rstd, want.rstd) < tol);
             CHECK(th::rel_err(y, want.y) < 2 * tol);
             CHECK(ybuf.front() == E(-7));  // nothing written before y or past its end
@@ -497,6 +503,8 @@ TEST_CASE("out of cache, each kept index's normalize sweep takes the next one's 
     });
     // BatchNorm fused per channel, over the planes of every sample (the runs of R)
     run(batch_norm{}, float{}, {16, 17, 19}, 0, [](auto&) {});
+    // rms over each plane, gamma per channel (folded): the sums of squares taken in the pipeline
+    run(norm<reduce<H, W>, scale<C>, rms>{}, float{}, {3, 33, 35}, 0, ramp_and_outliers);
 }
 
 // ---- a call's allocations -------------------------------------------------------------------
