@@ -76,6 +76,11 @@ void coefficients(double lin, double sq, index_t n, float& mean, float& rstd) {
 float run_rows(variant v, const float* x, float* y, index_t r0, index_t r1, index_t n) {
     float live = 0;
     float mean = 0, rstd = 1;  // one sweep: the previous row's
+    auto row_coefficients = [&](const float* xr) {  // mean and rstd of row xr from its plain sums
+        float lin = 0, sq = 0;
+        simd::shifted_sums(&xr, 1, n, 0.0f, lin, sq);
+        coefficients(lin, sq, n, mean, rstd);
+    };
     for (index_t r = r0; r < r1; ++r) {
         const float* xr = x + r * n;
         float* yr = y + r * n;
@@ -87,25 +92,20 @@ float run_rows(variant v, const float* x, float* y, index_t r0, index_t r1, inde
                 live += simd::sum(xr, n);
                 break;
             case two_phase: {
-                float lin = 0, sq = 0;
-                simd::shifted_sums(&xr, 1, n, 0.0f, lin, sq);
-                coefficients(lin, sq, n, mean, rstd);
+                row_coefficients(xr);
                 const V m(mean), s(rstd);
                 simd::for_each_store<true>(yr, n, [&](auto load) { return (load(xr) - m) * s; });
                 break;
             }
             case pipelined: {
-                float lin = 0, sq = 0;
-                if (r == r0) {  // the first row's sums on their own
-                    simd::shifted_sums(&xr, 1, n, 0.0f, lin, sq);
-                    coefficients(lin, sq, n, mean, rstd);
-                }
+                if (r == r0) row_coefficients(xr);  // the first row's sums on their own
                 const V m(mean), s(rstd);
                 auto op = [=](auto load) { return (load(xr) - m) * s; };
                 if (r + 1 == r1) {  // the last row's sweep alone
                     simd::for_each_store<true>(yr, n, op);
                     break;
                 }
+                float lin = 0, sq = 0;
                 simd::for_each_store_summing<true>(yr, n, xr + n, 0.0f, lin, sq, op);
                 coefficients(lin, sq, n, mean, rstd);
                 break;

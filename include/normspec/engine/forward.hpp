@@ -822,12 +822,13 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
                 for_range(R, 0, nr, [&](const offsets& r) { f(r.x, r.y, r.param); });
             };
             auto par = [&](const T* a, const offsets& o, index_t rp) { return a ? a + o.param + rp : nullptr; };
+            std::vector<const T*> rows;
             offsets prev{};
             bool first = true;
             for_range(K, kb, ke, [&](const offsets& kk) {
                 moments m;
                 if (first)
-                    runs([&](index_t rx, index_t, index_t) { accumulate_run<Rms>(x + kk.x + rx, n, 1, m); });
+                    runs_moments<Rms>(R, 0, nr, x + kk.x, n, 1, m, rows);
                 else
                     runs([&](index_t rx, index_t ry, index_t rp) {
                         apply_run_summing<Rms>(x + prev.x + rx, y + prev.y + ry, n, k.mu + prev.stat, k.sc + prev.stat,
@@ -838,10 +839,8 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
                 prev = kk, first = false;
             });
             if (!first)  // the last one's normalize sweep alone
-                runs([&](index_t rx, index_t ry, index_t rp) {
-                    apply_run<true>(x + prev.x + rx, y + prev.y + ry, n, 1, 1, k.mu + prev.stat, k.sc + prev.stat,
-                                    k.sh + prev.stat, 0, par(g, prev, rp), par(bt, prev, rp), inner.sparam);
-                });
+                apply_rows_of<T>(true, R, 0, nr, inner, x + prev.x, y + prev.y, k.mu + prev.stat, k.sc + prev.stat,
+                                 k.sh + prev.stat, par(g, prev, 0), par(bt, prev, 0));
             simd::fence();
             return;
         }

@@ -309,32 +309,18 @@ template <bool Stream, class T, class F>
 template <bool Stream, class T, class F>
 [[gnu::always_inline]] inline void for_each_store_summing(T* y, index_t n, const T* p, T k, T& lin, T& sq, F&& f) {
     using V = vec<T>;
-    constexpr index_t L = width<T>;
     const V kv(k);
-    V r(T(0)), q(T(0)), r2(T(0)), q2(T(0));  // r2, q2: the partial vectors at the ends
-    index_t i = 0;
-    if constexpr (Stream) {
-        i = stream_head(y, n);
-        if (i) {
-            r2 = xsimd::select(lanes_below<T>(i), load_first(p, i) - kv, V(T(0)));
-            q2 = r2 * r2;
-            store_part<Stream>(y, i, f(first_load<T>{0, i}));
-        }
-    }
-    for (; i + L <= n; i += L) {
-        const V d = V::load_unaligned(p + i) - kv;
+    V r(T(0)), q(T(0));
+    for_each_store<Stream>(y, n, [&](auto load) {
+        V d = load(p) - kv;
+        if constexpr (!std::is_same_v<std::decay_t<decltype(load)>, full_load<T>>)
+            d = xsimd::select(lanes_below<T>(loaded_width(load)), d, V(T(0)));  // lanes past the run: none
         r += d;
         q = xsimd::fma(d, d, q);
-        store<Stream>(y + i, f(full_load<T>{i}));
-    }
-    if (i < n) {
-        const V d = xsimd::select(lanes_below<T>(n - i), load_first(p + i, n - i) - kv, V(T(0)));
-        r2 += d;
-        q2 = xsimd::fma(d, d, q2);
-        store_part<Stream>(y + i, n - i, f(first_load<T>{i, n - i}));
-    }
-    lin = xsimd::hadd(r + r2);
-    sq = xsimd::hadd(q + q2);
+        return f(load);
+    });
+    lin = xsimd::hadd(r);
+    sq = xsimd::hadd(q);
 }
 
 /// The same over nruns runs of len values back to back (len >= width), whose coefficients change
