@@ -152,9 +152,9 @@ TEST_CASE("normspec plan prints the pattern, loops, sweeps and threads that forw
     // rows shorter than four vectors are rows (no reduced loop outside them to make columns of)
     const auto short_rows = plan("--norm layer_norm --layout TD --shape 512,48");
     CHECK(short_rows.find("sweeps: fused per kept index") != std::string::npos);
-    // BatchNorm's planes across 2048 channels: 3x3 planes (shorter than a vector) in blocks of
-    // channels; 7x7 planes in two sweeps in memory order, the planes of each sample as one flat run
-    const auto planes = plan("--norm batch_norm --layout NCHW --shape 8,2048,3,3 --threads 2");
+    // BatchNorm's planes across 2048 channels: 2x3 planes (shorter than a vector of floats, AVX2's
+    // 8 or AVX-512's 16) in blocks of channels; 7x7 planes in two sweeps in memory order, the planes of each sample as one flat run
+    const auto planes = plan("--norm batch_norm --layout NCHW --shape 8,2048,2,3 --threads 2");
     CHECK(planes.find("sweeps: per block of C") != std::string::npos);
     CHECK(planes.find("threads: 2 over blocks of kept indices") != std::string::npos);
     CHECK(planes.find("stores: cached") != std::string::npos);

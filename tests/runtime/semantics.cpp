@@ -325,12 +325,13 @@ TEST_CASE("statistics stay exact when a chunk's first values are far from its me
     CHECK(th::rel_err(r.y, want.y) < 2e-6);
 }
 
-TEST_CASE("short planes in wide rows (BatchNorm, InstanceNorm on NCHW with 7x7, 5x5 and 3x3 planes)") {
+TEST_CASE("short planes in wide rows (BatchNorm, InstanceNorm on NCHW with 7x7, 5x5, 3x3 and 2x3 planes)") {
     // C * H * W above 4096 with H * W under 256: BatchNorm's planes of a vector or more take two
-    // sweeps in memory order (the statistics, then each sample's planes as one flat run); 3x3
-    // planes in float go in blocks of channels (statistics from a chunk's worth of planes at a
-    // time, then each sample's span of a block as one flat run)
-    for (auto shape : std::vector<std::vector<std::size_t>>{{3, 97, 7, 7}, {2, 171, 5, 5}, {1, 700, 3, 3}}) {
+    // sweeps in memory order (the statistics, then each sample's planes as one flat run); planes
+    // shorter than a vector (2x3 in float; 3x3 too where a vector holds 16 floats) go in blocks
+    // of channels (statistics from a chunk's worth of planes at a time, then each sample's span
+    // of a block as one flat run)
+    for (auto shape : std::vector<std::vector<std::size_t>>{{3, 97, 7, 7}, {2, 171, 5, 5}, {1, 700, 3, 3}, {1, 700, 2, 3}}) {
         CAPTURE(shape);
         const xt::xarray<double> x = th::randn(shape, 0.5, 2.0);
         th::check_against_reference<batch_norm, N, C, H, W>(xt::xarray<float>(xt::cast<float>(x)));

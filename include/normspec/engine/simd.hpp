@@ -1,6 +1,6 @@
 // normspec/engine/simd.hpp
 // The vector layer of the kernels: xsimd batches of the widest instruction set the translation
-// unit is compiled for (with -march=native: AVX-512 on this machine, AVX2 on most; SSE2 at least
+// unit is compiled for (with -march=native: AVX-512 or AVX2, whichever the machine has; SSE2 at least
 // on x86-64), masked loads and stores for partial vectors, sums with four independent
 // accumulator chains, and stores that stream past the cache when asked to.
 #ifndef NORMSPEC_ENGINE_SIMD_HPP
