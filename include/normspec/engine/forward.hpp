@@ -436,10 +436,14 @@ inline void apply_rows(const T* const* x, T* const* y, index_t n, const T* mu, c
     // stores of the group before it, so a y (or gamma) just past x modulo 4 KiB does not stall
     // each load on an earlier store to the same page offset (2048x1024, one thread, y 64 bytes
     // past x, one vector ahead against none: 1.4x faster). Streaming stores hold such a load
-    // back longer: four vectors ahead (standalone, y 96-112 bytes past x: 1.5-1.7x faster than one).
+    // back longer: four vectors ahead with AVX-512 (standalone, y 96-112 bytes past x: 1.5-1.7x
+    // faster than one). With AVX2's 16 registers the two groups of four (x of both rows, gamma,
+    // beta: 32 vectors) spill to the stack in the loop, and one vector ahead measured 0.28-0.46
+    // of the time (LayerNorm 2048x1024 and 4096x4096 at one thread, warm and after a 64 MiB sweep,
+    // standalone, x and y on 4 KiB boundaries), two vectors 1.2-1.6x one's time out of cache.
     // Loads of every row come before any store too: with rows 4 KiB apart, a store to one row's
     // y would stall the next row's load at the same page offset.
-    constexpr int A = Stream ? 4 : 1;
+    constexpr int A = Stream && simd::registers >= 32 ? 4 : 1;
     struct group {
         V x[NB][A], g[A], b[A];
     };

@@ -38,6 +38,13 @@ using vec = xsimd::batch<T>;
 template <class T>
 inline constexpr index_t width = index_t(vec<T>::size);
 
+/// The vector registers of the instruction set: 32 with AVX-512, 16 with AVX2 (and SSE on
+/// x86-64). Kernels that hold a block of rows' coefficients, or a group of loads ahead, in
+/// registers size the block by it: the blocks first tuned with 32 spill to the stack inside the
+/// loop with 16 (normalizing two LayerNorm rows with loads four vectors ahead: 93 stack accesses
+/// in the loop on AVX2, none with one vector ahead).
+inline constexpr int registers = sizeof(vec<float>) >= 64 ? 32 : 16;
+
 /// Lanes [0, n) of a vector: true.
 template <class T>
 inline xsimd::batch_bool<T> lanes_below(index_t n) {
