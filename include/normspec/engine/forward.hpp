@@ -138,11 +138,15 @@ inline double llc_bytes() {
 }
 
 /// Whether a column sweep over `bytes` of rows of n values of T asks for each next block's rows
-/// ahead (column_group, lane_group_sums): when they come from memory, past a quarter of the
-/// last-level cache, and the rows are wider than one group of four vectors (narrower, a group
-/// reads its block in memory order). Measured against not asking, same run: GroupNorm NHWC
-/// 2x320x96x96 (23 MiB) at 0.83 (forward) and 0.62 (backward) of the time at one thread, 0.89 and
-/// 0.64 at two; in cache, asking cost up to 1.16x (GroupNorm and InstanceNorm NHWC 1x320x64x64).
+/// ahead (column_group): when they come from memory, past a quarter of the last-level cache, and
+/// the rows are wider than one group of four vectors (narrower, a group reads its block in memory
+/// order). Measured against not asking, same run: GroupNorm NHWC 2x320x96x96 (23 MiB) at 0.83 of
+/// the time at one thread, 0.89 at two; in cache, asking cost up to 1.16x (GroupNorm and
+/// InstanceNorm NHWC 1x320x64x64). (The backward's column sums go row by row instead: lane_sums.)
+/// Row by row for the forward too (the sums in L1, a second pass for the vectors whose block
+/// means lie far from their centres) measured 0.80-1.02 of the time out of cache but 1.07-1.23x
+/// in cache at 1x320x64x64 (BatchNorm, GroupNorm, InstanceNorm NHWC, old and new engines in one
+/// process): not adopted.
 template <class T>
 inline bool ask_ahead(double bytes, index_t n) { return bytes > 0.25 * llc_bytes() && n > 4 * simd::width<T>; }
 
