@@ -556,6 +556,7 @@ inline void apply_flat_runs(const T* x, T* y, index_t r0, index_t r1, index_t le
                             index_t ss) {
     x += r0 * len, y += r0 * len, mu += r0 * ss, sc += r0 * ss, sh += r0 * ss;
     simd::for_each_run_store<Stream>(y, r1 - r0, len, ss, [=](auto load, auto pick) {
+        if constexpr (Stream) simd::prefetch_stream(x + load.i);
         return xsimd::fma(load(x) - pick(mu), pick(sc), pick(sh));
     });
 }
