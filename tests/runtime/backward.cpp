@@ -472,9 +472,8 @@ TEST_CASE("out of cache: the streaming-store kernels (aligning heads, flat colum
     // heads run too. BatchNorm on NHWC: forward and backward normalize one flat run of columns;
     // on NCHW with 16x17 planes, backward streams dx plane by plane; with 7x7 planes of 97
     // channels, each sample's span of each thread's channels in memory order, a vector of dx that
-    // spans two planes blending their coefficients. On NHWC with 333 channels the column sums
-    // read each block of rows a few vectors of channels at a time and ask for the next block's
-    // rows along the way (ask_ahead), the last group a partial vector.
+    // spans two planes blending their coefficients. On NHWC with 333 channels the forward's column
+    // moments go row by row (columns_by_rows), the last vector of each row a partial one.
     auto check = [](auto names, std::size_t nc, std::size_t plane, auto channel_of) {
         using Names = decltype(names);
         const std::size_t per = nc * plane;
@@ -514,8 +513,8 @@ TEST_CASE("out of cache: the streaming-store kernels (aligning heads, flat colum
         CHECK(edx / sdx < 2e-6);
     };
     SUBCASE("NHWC") { check(streamed_nhwc{}, 64, 1, [](std::size_t i) { return i % 64; }); }
-    SUBCASE("NHWC, 333 channels: column blocks asking for the next block") {
-        CHECK(engine::detail::ask_ahead<float>(engine::detail::llc_bytes(), 333));
+    SUBCASE("NHWC, 333 channels: column moments row by row") {
+        CHECK(engine::detail::columns_by_rows<float>(engine::detail::llc_bytes(), 333));
         check(streamed_nhwc{}, 333, 1, [](std::size_t i) { return i % 333; });
     }
     SUBCASE("NCHW") { check(streamed_nchw<16, 17>{}, 4, 16 * 17, [](std::size_t i) { return (i / (16 * 17)) % 4; }); }

@@ -228,6 +228,30 @@ TEST_CASE("one and two threads agree, on kept-index and split-reduction plans") 
     for (int t : {1, 2}) CHECK(th::rel_err(forward(group_norm<4>{}, named<N, H, W, C>(one), threads(t)).y, want_gn.y) < 2e-6);
 }
 
+TEST_CASE("out of cache, channels-last column moments go row by row, far centres taken again") {
+    // BatchNorm and GroupNorm on NHWC (one sample of H x 1 positions) with 333 channels and rows
+    // from memory (columns_by_rows; GroupNorm's two threads split the sample's rows): the
+    // statistics of each block of rows row by row, the sums per column in L1. The values sit at
+    // 1e4 + N(0, 1), and in channel 5 the first block's first rows are outliers: the first block's
+    // centre (0) and, for channel 5, the second block's (the first block's mean) lie far from the
+    // block means, so those vectors of columns take their second pass; float sums about a far
+    // centre would lose the variance. One and two threads.
+    const std::size_t c = 333, rows = std::size_t(0.6 * engine::detail::llc_bytes() / double(sizeof(float) * c)) + 1;
+    xt::xtensor<float, 4> x = xt::cast<float>(th::randn({1, rows, 1, c}, 1e4, 1.0));
+    for (std::size_t r = 0; r < 16; ++r) x(0, r, 0, 5) += 50.0f;
+    CHECK(engine::detail::columns_by_rows<float>(double(rows / 2) * double(c) * sizeof(float), engine::index_t(c)));
+    const auto want = ref::norm(describe<batch_norm>(), {"N", "H", "W", "C"}, xt::cast<double>(x), {}, {}, 0, 1e-5);
+    const auto want_gn = ref::norm(describe<group_norm<9>>(), {"N", "H", "W", "C"}, xt::cast<double>(x), {}, {}, 9, 1e-5);
+    for (int t : {1, 2}) {
+        CAPTURE(t);
+        const auto r = forward(batch_norm{}, named<N, H, W, C>(x), threads(t));
+        CHECK(th::rel_err(r.rstd, want.rstd) < 1e-6);
+        CHECK(std::abs(r.rstd(5) / want.rstd(5) - 1) < 1e-6);  // channel 5 on its own (its rstd is small)
+        CHECK(th::rel_err(r.y, want.y) < 2e-6);
+        CHECK(th::rel_err(forward(group_norm<9>{}, named<N, H, W, C>(x), threads(t)).y, want_gn.y) < 2e-6);
+    }
+}
+
 TEST_CASE("work is split by the team OpenMP actually gives, not by the threads asked for") {
     // With a thread limit of 1, asking for 4 threads gets a team of 1; every element must still be done.
     xt::xtensor<float, 4> x = xt::cast<float>(th::randn({4, 16, 32, 32}, 2.0));

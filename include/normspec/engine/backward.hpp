@@ -211,10 +211,9 @@ void column_sums(const backward_context<T>& cx, const offsets& kk, const column_
     std::vector<offsets> blocks;
     const index_t np = (n + simd::width<T> - 1) / simd::width<T> * simd::width<T>;
     std::vector<T> acc(std::size_t(3 * np));
-    for_blocks_ahead(cx.R, r0, r1, column_block_rows(n), blocks, [](const offsets& r) { return r; },
-                     [&](const offsets* rows, index_t count, const offsets*, index_t) {
-                         lane_sums(X, DY, rows, count, mh, n, np, acc.data(), sd.data(), sq.data(), sr.data());
-                     });
+    for_blocks(cx.R, r0, r1, column_block_rows(n), blocks, [](const offsets& r) { return r; }, [&](const offsets* rows, index_t count) {
+        lane_sums(X, DY, rows, count, mh, n, np, acc.data(), sd.data(), sq.data(), sr.data());
+    });
     for (index_t j = 0; j < n; ++j) {
         const double gj = !g ? 1.0 : double(g[j * sp]), rsj = double(ln.rs[std::size_t(j)]), q = sq[std::size_t(j)] * rsj;
         t1[j] += gj * sd[std::size_t(j)];

@@ -137,42 +137,39 @@ inline double llc_bytes() {
     return bytes;
 }
 
-/// Whether a column sweep over `bytes` of rows of n values of T asks for each next block's rows
-/// ahead (column_group): when they come from memory, past a quarter of the last-level cache, and
-/// the rows are wider than one group of four vectors (narrower, a group reads its block in memory
-/// order). Measured against not asking, same run: GroupNorm NHWC 2x320x96x96 (23 MiB) at 0.83 of
-/// the time at one thread, 0.89 at two; in cache, asking cost up to 1.16x (GroupNorm and
-/// InstanceNorm NHWC 1x320x64x64). (The backward's column sums go row by row instead: lane_sums.)
-/// Row by row for the forward too (the sums in L1, a second pass for the vectors whose block
-/// means lie far from their centres) measured 0.80-1.02 of the time out of cache but 1.07-1.23x
-/// in cache at 1x320x64x64 (BatchNorm, GroupNorm, InstanceNorm NHWC, old and new engines in one
-/// process): not adopted.
+/// Whether a column sweep over `bytes` of rows of n values of T goes row by row (column_rows)
+/// rather than a few columns at a time down each block of rows (column_group): when the rows
+/// come from memory, past a quarter of the last-level cache, and are wider than two groups of
+/// four vectors (narrower, the groups read a block nearly in memory order). Old and new engines
+/// in one process, alternating calls, against column groups that asked for the next block's rows
+/// in L2 along the way: BatchNorm NHWC 50x2048x7x7 at 0.76-0.90 of the time, GroupNorm NHWC
+/// 2x320x96x96 at 0.84-0.91 (forward, one and two threads, three runs); at 64 channels
+/// (BatchNorm NHWC 32x64x56x56) 0.91-0.98 at one thread but 1.05-1.17x at two, and in cache
+/// (1x320x64x64) 1.07-1.23x, so those keep the column groups. (The backward's column sums go row
+/// by row in and out of cache: lane_sums.)
 template <class T>
-inline bool ask_ahead(double bytes, index_t n) { return bytes > 0.25 * llc_bytes() && n > 4 * simd::width<T>; }
+inline bool columns_by_rows(double bytes, index_t n) { return bytes > 0.25 * llc_bytes() && n > 8 * simd::width<T>; }
 
-/// f(pointers, count, next pointers, next count) over the rows of R[r0, r1) (row r at
-/// base + r.x), `per` rows at a time (for_blocks_ahead); rows is reused storage.
+/// f(pointers, count) over the rows of R[r0, r1) (row r at base + r.x), `per` rows at a time
+/// (for_blocks); rows is reused storage.
 template <class T, class F>
 void for_row_batches(const loop_dims& R, index_t r0, index_t r1, const T* base, index_t per,
                      std::vector<const T*>& rows, F&& f) {
-    for_blocks_ahead(R, r0, r1, per, rows, [base](const offsets& r) { return base + r.x; }, f);
+    for_blocks(R, r0, r1, per, rows, [base](const offsets& r) { return base + r.x; }, f);
 }
 
 /// Per-column moments of rows [r0, r1) of R (row r at base + r.x; n columns at step s), taken in
-/// blocks of column_block_rows(n) rows (accumulate_block), each told the next block's rows;
-/// mean and m2 are reset first; returns the row count. rows is reused storage for the row
-/// pointers.
+/// blocks of column_block_rows(n) rows (accumulate_block, row by row when columns_by_rows); mean
+/// and m2 are reset first; returns the row count. rows is reused storage for the row pointers.
 template <bool Rms, class T>
 double column_moments(const loop_dims& R, index_t r0, index_t r1, const T* base, index_t n, index_t s,
                       double* mean, double* m2, std::vector<const T*>& rows) {
     const index_t block = column_block_rows(n);
-    const bool ahead = ask_ahead<T>(double(r1 - r0) * double(n) * sizeof(T), n);
+    const bool by_rows = columns_by_rows<T>(double(r1 - r0) * double(n) * sizeof(T), n);
     std::fill(mean, mean + n, 0.0);
     std::fill(m2, m2 + n, 0.0);
     double count = 0;
-    for_row_batches(R, r0, r1, base, block, rows, [&](const T* const* p, index_t k, const T* const* next, index_t nk) {
-        accumulate_block<Rms>(p, k, n, s, count, mean, m2, next, ahead ? nk : 0);
-    });
+    for_row_batches(R, r0, r1, base, block, rows, [&](const T* const* p, index_t k) { accumulate_block<Rms>(p, k, n, s, count, mean, m2, by_rows); });
     return count;
 }
 
@@ -191,8 +188,7 @@ void runs_moments(const loop_dims& R, index_t r0, index_t r1, const T* base, ind
     }
     if (s != 1 || 2 * n > chunk)
         return for_range(R, r0, r1, [&](const offsets& r) { accumulate_run<Rms>(base + r.x, n, s, m); });
-    for_row_batches(R, r0, r1, base, chunk / n, runs,
-                    [&](const T* const* p, index_t k, const T* const*, index_t) { accumulate_chunk<Rms>(p, k, n, m); });
+    for_row_batches(R, r0, r1, base, chunk / n, runs, [&](const T* const* p, index_t k) { accumulate_chunk<Rms>(p, k, n, m); });
 }
 
 /// Short reduced runs back to back, each a kept index's (BatchNorm's 7x7 planes, unfused:

@@ -131,16 +131,16 @@ inline void accumulate_run(const T* x, index_t n, index_t s, moments& m) {
 /// second pass over the block, in L1 by then, takes the deviations from the block's means.
 /// merge(column, centre, sum of squares, sum) per column. rms: one pass of squares.
 /// (Two passes for every block, the block's sums and then its deviations, measured 1.5x the time
-/// of this, GroupNorm NHWC 1x320x64x64 in cache, statistics alone.) The first pass asks for the
-/// same columns of the next block's rows (next[0, nnext)) in L2: a block's column groups read its
-/// rows a few lines at a time, each row once per group, an order the hardware prefetchers follow
+/// of this, GroupNorm NHWC 1x320x64x64 in cache, statistics alone.) For rows in cache: a block's
+/// column groups read its rows a few lines at a time, each row once per group, an order the
+/// hardware prefetchers follow
 /// poorly (measured on one core, 320 channels of 23 MiB: 2x the time of reading in memory order
-/// when x comes from memory; with the next block asked for along the way, 1.1x).
+/// when x comes from memory): rows from memory go row by row instead (column_rows).
 /// Kept out of line: inlined into accumulate_block, all of them together measured 8-10 % slower
 /// (BatchNorm and InstanceNorm on NHWC, 1x320x64x64, forward, one thread).
 template <bool Rms, int NV, bool Tail, class T, class Merge>
 [[gnu::noinline]] void column_group(const T* const* row_ptrs, index_t rows, index_t j, index_t t, const double* centre,
-                                    const T* const* next, index_t nnext, Merge&& merge) {
+                                    Merge&& merge) {
     using V = simd::vec<T>;
     constexpr index_t L = simd::width<T>;
     auto load = [&](const T* p, int v) { return simd::load_at<Tail>(p, j + v * L, t); };
@@ -165,7 +165,7 @@ template <bool Rms, int NV, bool Tail, class T, class Merge>
             }
         }
     };
-    simd::for_rows_asking<NV * L * index_t(sizeof(T))>(rows, nnext, first, [&](index_t i) { return next[i] + j; });
+    for (index_t i = 0; i < rows; ++i) first(i);
     if constexpr (!Rms) {
         const V inv(T(1) / T(rows));
         bool near = true;
@@ -185,14 +185,72 @@ template <bool Rms, int NV, bool Tail, class T, class Merge>
     }
 }
 
+/// Column moments of a block of `rows` contiguous rows of n columns, row by row in memory order,
+/// the sums per column in T in the calling thread's work space: one pass of shifted sums, x - c
+/// and (x - c)^2 about each column's centre c (the mean of the blocks before, from centre; none
+/// for the first block: 0), accepted for a vector of columns when each of its columns' block
+/// mean lies within one standard deviation of its centre (the variance then keeps float's
+/// precision but for a factor 2, as accumulate_chunk's); the other vectors take a second pass
+/// over the block, in cache by then, about the block's means. merge(column, centre, sum of
+/// squares, sum) per column. rms: one pass of squares. (Two passes for every block measured 1.5x
+/// the time of one, GroupNorm NHWC 1x320x64x64 in cache, statistics alone.) For rows that come
+/// from memory (columns_by_rows): column_group's order, down the rows a few columns at a time,
+/// jumps a row's length at every row, which the hardware prefetchers follow poorly.
+template <bool Rms, class T, class Merge>
+void column_rows(const T* const* row_ptrs, index_t rows, index_t n, const double* centre, Merge&& merge) {
+    using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
+    const index_t nv = (n + L - 1) / L, np = nv * L, full = n / L * L;
+    thread_local std::vector<T> work;
+    work.resize(std::size_t(3 * np));
+    T* c = work.data();
+    T* q = c + np;
+    T* r = q + np;
+    for (index_t j = 0; j < np; ++j) c[j] = !Rms && centre && j < n ? T(centre[j]) : T(0), q[j] = r[j] = T(0);
+    // one row's step over the vectors [v0, v1) of columns; masked lanes load 0 and add 0
+    auto row = [&](const T* x, index_t v0, index_t v1) __attribute__((always_inline)) {
+        auto step = [&]<bool Tail>(index_t j, index_t t) __attribute__((always_inline)) {
+            const V xv = simd::load_at<Tail>(x, j, t);
+            if constexpr (Rms) {
+                xsimd::fma(xv, xv, V::load_unaligned(q + j)).store_unaligned(q + j);
+            } else {
+                V d = xv - V::load_unaligned(c + j);
+                if constexpr (Tail) d = xsimd::select(simd::lanes_below<T>(t), d, V(T(0)));
+                (V::load_unaligned(r + j) + d).store_unaligned(r + j);
+                xsimd::fma(d, d, V::load_unaligned(q + j)).store_unaligned(q + j);
+            }
+        };
+        for (index_t v = v0; v < v1; ++v) {
+            if (v * L < full)
+                step.template operator()<false>(v * L, L);
+            else
+                step.template operator()<true>(v * L, n - v * L);
+        }
+    };
+    for (index_t i = 0; i < rows; ++i) row(row_ptrs[i], 0, nv);
+    if constexpr (!Rms) {
+        // vectors whose columns' block means lie far from their centres: again, about those means
+        const V inv(T(1) / T(rows));
+        for (index_t v = 0; v < nv; ++v) {
+            const index_t j = v * L;
+            const V rv = V::load_unaligned(r + j), qv = V::load_unaligned(q + j), lin = rv * (rv * inv);
+            if (xsimd::all(lin <= qv - lin)) continue;
+            (V::load_unaligned(c + j) + rv * inv).store_unaligned(c + j);
+            V(T(0)).store_unaligned(q + j), V(T(0)).store_unaligned(r + j);
+            for (index_t i = 0; i < rows; ++i) row(row_ptrs[i], v, v + 1);
+        }
+    }
+    for (index_t j = 0; j < n; ++j) merge(j, double(c[j]), double(q[j]), double(r[j]));
+}
+
 /// Column moments: `rows` rows of n values (row r at row_ptrs[r], value j at + j*s) merged into
-/// per-column accumulators (count shared, mean[j], m2[j], in double). Contiguous rows go four
-/// vectors of columns at a time (column_group), the rest one masked vector; each lane merges
-/// (Chan) in double. Strided rows take the same steps one column at a time. next[0, nnext): the
-/// next block's rows, asked for in L2 along the way (column_group).
+/// per-column accumulators (count shared, mean[j], m2[j], in double). Contiguous rows go row by
+/// row when by_rows (column_rows: rows from memory), else four vectors of columns at a time
+/// (column_group), the rest one masked vector; each column merges (Chan) in double. Strided rows
+/// take the same steps one column at a time.
 template <bool Rms, class T>
 inline void accumulate_block(const T* const* row_ptrs, index_t rows, index_t n, index_t s, double& count, double* mean,
-                             double* m2, const T* const* next, index_t nnext) {
+                             double* m2, bool by_rows) {
     const double na = count, nb = double(rows), nn = na + nb;
     // merge one column's block moments (sum of squares for rms)
     auto merge = [&](index_t j, double bm, double bq, double br) {
@@ -206,9 +264,12 @@ inline void accumulate_block(const T* const* row_ptrs, index_t rows, index_t n, 
         }
     };
     if (s == 1) {
-        simd::for_vector_groups<T>(n, [&]<int NV, bool Tail>(index_t j, index_t t) {
-            column_group<Rms, NV, Tail>(row_ptrs, rows, j, t, na > 0 ? mean : nullptr, next, nnext, merge);
-        });
+        if (by_rows)
+            column_rows<Rms>(row_ptrs, rows, n, na > 0 ? mean : nullptr, merge);
+        else
+            simd::for_vector_groups<T>(n, [&]<int NV, bool Tail>(index_t j, index_t t) {
+                column_group<Rms, NV, Tail>(row_ptrs, rows, j, t, na > 0 ? mean : nullptr, merge);
+            });
         count = nn;
         return;
     }

@@ -78,29 +78,17 @@ void for_range(const loop_dims& dims, index_t begin, index_t end, F&& f) {
 /// 1.4-1.6x the time of 64 forward and 1.05x backward, same run.)
 inline index_t column_block_rows(index_t n) { return std::clamp<index_t>(131072 / std::max<index_t>(n, 1), 8, 64); }
 
-/// Flat indices [begin, end) of dims in blocks of `per`: f(block, count, next, next_count) with
-/// item(offsets) of each index, and the next block's items (next_count 0 for the last block),
-/// so that a sweep over a block can ask for the next one's rows. buf is reused storage.
+/// Flat indices [begin, end) of dims in blocks of `per`: f(block, count) with item(offsets) of
+/// each index. buf is reused storage.
 template <class Item, class Make, class F>
-void for_blocks_ahead(const loop_dims& dims, index_t begin, index_t end, index_t per, std::vector<Item>& buf, Make&& item,
-                      F&& f) {
-    buf.resize(std::size_t(2 * per));
-    const Item* b = buf.data();
+void for_blocks(const loop_dims& dims, index_t begin, index_t end, index_t per, std::vector<Item>& buf, Make&& item, F&& f) {
+    buf.resize(std::size_t(per));
     index_t c = 0;
     for_range(dims, begin, end, [&](const offsets& o) {
         buf[std::size_t(c++)] = item(o);
-        if (c == 2 * per) {
-            f(b, per, b + per, per);
-            std::copy(buf.begin() + per, buf.end(), buf.begin());
-            c = per;
-        }
+        if (c == per) f(static_cast<const Item*>(buf.data()), per), c = 0;
     });
-    if (c > per) {
-        f(b, per, b + per, c - per);
-        f(b + per, c - per, static_cast<const Item*>(nullptr), index_t(0));
-    } else if (c > 0) {
-        f(b, c, static_cast<const Item*>(nullptr), index_t(0));
-    }
+    if (c > 0) f(static_cast<const Item*>(buf.data()), c);
 }
 
 /// [begin, end) of part t of n equal parts of a range of size total.

@@ -383,29 +383,6 @@ inline void prefetch_stream(const T* p) {
     __builtin_prefetch(reinterpret_cast<const char*>(p) + 2048, 0, 0);
 }
 
-/// Asks for the lines of [p, p + Bytes) in L2 (prefetcht1): a block's rows for the next block's
-/// column sweep, a few lines at each step of the current one. Always inlined: g++ 12 finds a
-/// function of prefetches alone free of side effects and drops the calls to it.
-template <index_t Bytes>
-[[gnu::always_inline]] inline void prefetch_l2(const void* p) {
-    for (index_t b = 0; b < Bytes; b += 64) __builtin_prefetch(static_cast<const char*>(p) + b, 0, 2);
-}
-
-/// step(i) for the rows i of [0, count); the first min(count, nnext) of them (those with a row of
-/// the next block to ask for) after asking for [p, p + Bytes) in L2 for each p = ask(i) of the
-/// asks: the column sweeps' prefetch of the next block of rows. The two loops keep the test out
-/// of the row loop (a test per row cost 15 % in cache); the prefetches are issued here, in the
-/// loop, not from a caller's lambda of prefetches alone, whose calls g++ 12 drops.
-template <index_t Bytes, class Step, class... Ask>
-[[gnu::always_inline]] inline void for_rows_asking(index_t count, index_t nnext, Step&& step, Ask&&... ask) {
-    const index_t asking = std::min(count, nnext);
-    for (index_t i = 0; i < asking; ++i) {
-        (prefetch_l2<Bytes>(ask(i)), ...);
-        step(i);
-    }
-    for (index_t i = asking; i < count; ++i) step(i);
-}
-
 /// v repeated to c + width values, for for_each_flat
 template <class T>
 inline std::vector<T> wrapped(const T* v, index_t c) {
