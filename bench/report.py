@@ -327,7 +327,7 @@ def write_markdown(path, context, rows, command, cli, cases):
                   "of the column groups on BatchNorm, GroupNorm and InstanceNorm NHWC (old and new engines in one "
                   "process; 0.94-1.17x at 1x320x64x64 on two threads, in cache), and the forward's statistics go row "
                   "by row out of cache with more than two groups of channels (BatchNorm NHWC 50x2048x7x7 at 0.76-0.90 "
-                  "of the time, GroupNorm NHWC 2x320x96x96 at 0.84-0.91); in cache (1x320x64x64: 1.07-1.23x) and at "
+                  "of the time, GroupNorm NHWC 2x320x96x96 at 0.84-0.91); in cache (1x320x64x64: 0.89-1.07 at one thread, 1.20-1.23x at two) and at "
                   "64 channels (1.05-1.17x at two threads) the forward keeps its column groups. The forward cases on NHWC that stay under 1.2x of a peer "
                   "(BatchNorm and GroupNorm at 8x256x32x32 in cache, 2x320x96x96 and 50x2048x7x7 at one thread) are "
                   "listed as not explained: what holds them back against the peer was not measured apart.\n"

@@ -145,8 +145,8 @@ inline double llc_bytes() {
 /// in L2 along the way: BatchNorm NHWC 50x2048x7x7 at 0.76-0.90 of the time, GroupNorm NHWC
 /// 2x320x96x96 at 0.84-0.91 (forward, one and two threads, three runs); at 64 channels
 /// (BatchNorm NHWC 32x64x56x56) 0.91-0.98 at one thread but 1.05-1.17x at two, and in cache
-/// (1x320x64x64) 1.07-1.23x, so those keep the column groups. (The backward's column sums go row
-/// by row in and out of cache: lane_sums.)
+/// (1x320x64x64) 0.89-1.07 at one thread but 1.20-1.23x at two, so those keep the column
+/// groups. (The backward's column sums go row by row in and out of cache: lane_sums.)
 template <class T>
 inline bool columns_by_rows(double bytes, index_t n) { return bytes > 0.25 * llc_bytes() && n > 8 * simd::width<T>; }
 
