@@ -145,16 +145,6 @@ inline double residue_of(const T* x, index_t n, T m) {
     return double(simd::fold4(x, n, [&](auto acc, auto v) { return acc + (v - decltype(v)(m)); }));
 }
 
-/// f.template operator()<Tail>(j, t) for every vector of lanes [j, j + t) of n lanes: whole
-/// vectors, then one masked vector for the rest.
-template <class T, class F>
-inline void for_lane_vectors(index_t n, F&& f) {
-    constexpr index_t L = simd::width<T>;
-    index_t j = 0;
-    for (; j + L <= n; j += L) f.template operator()<false>(j, L);
-    if (j < n) f.template operator()<true>(j, n - j);
-}
-
 /// The sums of dy, of dy * (x - mh) and of x - mh per lane over rows[0, count) of n lanes each,
 /// row by row in memory order, in T in acc (three runs of np values: n rounded up to a vector),
 /// then added to sd, sq, sr in double. Down the rows a few lanes at a time, with the sums in
@@ -170,25 +160,20 @@ template <class T>
 inline void lane_sums(const T* X, const T* DY, const offsets* rows, index_t count, const T* mh, index_t n, index_t np, T* acc,
                       double* sd, double* sq, double* sr) {
     using V = simd::vec<T>;
-    constexpr index_t L = simd::width<T>;
     T* ad = acc;
     T* aq = acc + np;
     T* ar = acc + 2 * np;
     std::fill(acc, acc + 3 * np, T(0));
-    const index_t full = n / L * L;
     for (index_t i = 0; i < count; ++i) {
         const T* x = X + rows[i].x;
         const T* dy = DY + rows[i].dy;
         // masked lanes load 0 from x, dy and mh alike: they add 0
-        auto step = [&]<bool Tail>(index_t j, index_t t) __attribute__((always_inline)) {
+        simd::for_vectors<T>(0, n, [&]<bool Tail>(index_t j, index_t t) __attribute__((always_inline)) {
             const V d = load_at<Tail>(dy, j, t), xc = load_at<Tail>(x, j, t) - load_at<Tail>(mh, j, t);
             (V::load_unaligned(ad + j) + d).store_unaligned(ad + j);
             xsimd::fma(d, xc, V::load_unaligned(aq + j)).store_unaligned(aq + j);
             (V::load_unaligned(ar + j) + xc).store_unaligned(ar + j);
-        };
-        index_t j = 0;
-        for (; j < full; j += L) step.template operator()<false>(j, L);
-        if (j < n) step.template operator()<true>(j, n - j);
+        });
     }
     for (index_t j = 0; j < n; ++j) sd[j] += double(ad[j]), sq[j] += double(aq[j]), sr[j] += double(ar[j]);
 }
@@ -295,7 +280,7 @@ void column_dx(const backward_context<T>& cx, const offsets& kk, const column_la
         const T* x = cx.a.x.data + kk.x + r.x;
         const T* dy = cx.a.dy.data + kk.dy + r.dy;
         T* dx = cx.a.dx.data + kk.y + r.y;
-        for_lane_vectors<T>(n, [&]<bool Tail>(index_t j, index_t t) {
+        simd::for_vectors<T>(0, n, [&]<bool Tail>(index_t j, index_t t) {
             const V gv = !g ? V(T(1)) : sp == 1 ? load_at<Tail>(g, j, t) : V(g[0]);
             const V rs = load_at<Tail>(ln.rs.data(), j, t);
             const V xh = ((load_at<Tail>(x, j, t) - load_at<Tail>(ln.mhi.data(), j, t)) - load_at<Tail>(ln.mlo.data(), j, t)) * rs;
@@ -380,26 +365,6 @@ void rows_sums(const T* const* xp, const T* const* dyp, index_t n, const row_coe
     if (i < n) step.template operator()<true>(i, n - i);  // masked lanes load 0: d = 0 adds nothing
     for (int r = 0; r < NB; ++r)
         s1[r] = double(xsimd::hadd(a[r])), s2[r] = double(xsimd::hadd(b[r])), s3[r] = double(xsimd::hadd(c[r]));
-}
-
-/// Work space that the calling thread keeps from call to call, `Slot` telling uses apart (each
-/// holds the largest size asked for so far, until the thread ends): with parameters over many
-/// values (LayerNorm over C,H,W: 200704), the per-thread dgamma and dbeta sums take megabytes,
-/// which fresh from the allocator page-fault on every call (glibc maps them anew: LayerNorm-CNN
-/// 32x64x56x56 backward at one thread measured 1.65x the time of the same call with glibc's mmap
-/// threshold raised, same run). n values, as the last call left them.
-template <class T, int Slot>
-inline std::vector<T>& kept_space(std::size_t n) {
-    thread_local std::vector<T> v;
-    v.resize(n);  // within its capacity after the first call: no allocation
-    return v;
-}
-/// The same, zeroed.
-template <class T, int Slot>
-inline std::vector<T>& kept_zeros(std::size_t n) {
-    std::vector<T>& v = kept_space<T, Slot>(n);
-    std::fill(v.begin(), v.end(), T(0));
-    return v;
 }
 
 /// Each thread's dgamma and dbeta sums, pc values each in double, in one block of the calling

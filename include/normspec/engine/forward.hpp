@@ -169,7 +169,8 @@ double column_moments(const loop_dims& R, index_t r0, index_t r1, const T* base,
     std::fill(mean, mean + n, 0.0);
     std::fill(m2, m2 + n, 0.0);
     double count = 0;
-    for_row_batches(R, r0, r1, base, block, rows, [&](const T* const* p, index_t k) { accumulate_block<Rms>(p, k, n, s, count, mean, m2, by_rows); });
+    for_row_batches(R, r0, r1, base, block, rows,
+                    [&](const T* const* p, index_t k) { accumulate_block<Rms>(p, k, n, s, count, mean, m2, by_rows); });
     return count;
 }
 

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace normspec::engine {
 
@@ -49,6 +50,29 @@ struct moments {
     /// Unbiased variance (what goes into a running estimate).
     double unbiased_variance() const { return count > 1 ? m2 / (count - 1) : 0.0; }
 };
+
+namespace detail {
+/// Work space that the calling thread keeps from call to call, `Slot` telling uses apart (each
+/// holds the largest size asked for so far, until the thread ends; slots 0-2: the backward's
+/// parameter sums, 3: column_rows' sums): with parameters over many values (LayerNorm over
+/// C,H,W: 200704), the per-thread dgamma and dbeta sums take megabytes,
+/// which fresh from the allocator page-fault on every call (glibc maps them anew: LayerNorm-CNN
+/// 32x64x56x56 backward at one thread measured 1.65x the time of the same call with glibc's mmap
+/// threshold raised, same run). n values, as the last call left them.
+template <class T, int Slot>
+inline std::vector<T>& kept_space(std::size_t n) {
+    thread_local std::vector<T> v;
+    v.resize(n);  // within its capacity after the first call: no allocation
+    return v;
+}
+/// The same, zeroed.
+template <class T, int Slot>
+inline std::vector<T>& kept_zeros(std::size_t n) {
+    std::vector<T>& v = kept_space<T, Slot>(n);
+    std::fill(v.begin(), v.end(), T(0));
+    return v;
+}
+}  // namespace detail
 
 inline constexpr index_t chunk = 2048;  // 8 KiB of float: a chunk's second read hits L1
 
@@ -200,16 +224,14 @@ template <bool Rms, class T, class Merge>
 void column_rows(const T* const* row_ptrs, index_t rows, index_t n, const double* centre, Merge&& merge) {
     using V = simd::vec<T>;
     constexpr index_t L = simd::width<T>;
-    const index_t nv = (n + L - 1) / L, np = nv * L, full = n / L * L;
-    thread_local std::vector<T> work;
-    work.resize(std::size_t(3 * np));
-    T* c = work.data();
+    const index_t nv = (n + L - 1) / L, np = nv * L;
+    T* c = detail::kept_space<T, 3>(std::size_t(3 * np)).data();
     T* q = c + np;
     T* r = q + np;
     for (index_t j = 0; j < np; ++j) c[j] = !Rms && centre && j < n ? T(centre[j]) : T(0), q[j] = r[j] = T(0);
-    // one row's step over the vectors [v0, v1) of columns; masked lanes load 0 and add 0
-    auto row = [&](const T* x, index_t v0, index_t v1) __attribute__((always_inline)) {
-        auto step = [&]<bool Tail>(index_t j, index_t t) __attribute__((always_inline)) {
+    // one row's step over its columns [b, e), b on a vector boundary; masked lanes load 0 and add 0
+    auto row = [&](const T* x, index_t b, index_t e) __attribute__((always_inline)) {
+        simd::for_vectors<T>(b, e, [&]<bool Tail>(index_t j, index_t t) __attribute__((always_inline)) {
             const V xv = simd::load_at<Tail>(x, j, t);
             if constexpr (Rms) {
                 xsimd::fma(xv, xv, V::load_unaligned(q + j)).store_unaligned(q + j);
@@ -219,15 +241,9 @@ void column_rows(const T* const* row_ptrs, index_t rows, index_t n, const double
                 (V::load_unaligned(r + j) + d).store_unaligned(r + j);
                 xsimd::fma(d, d, V::load_unaligned(q + j)).store_unaligned(q + j);
             }
-        };
-        for (index_t v = v0; v < v1; ++v) {
-            if (v * L < full)
-                step.template operator()<false>(v * L, L);
-            else
-                step.template operator()<true>(v * L, n - v * L);
-        }
+        });
     };
-    for (index_t i = 0; i < rows; ++i) row(row_ptrs[i], 0, nv);
+    for (index_t i = 0; i < rows; ++i) row(row_ptrs[i], 0, n);
     if constexpr (!Rms) {
         // vectors whose columns' block means lie far from their centres: again, about those means
         const V inv(T(1) / T(rows));
@@ -237,7 +253,7 @@ void column_rows(const T* const* row_ptrs, index_t rows, index_t n, const double
             if (xsimd::all(lin <= qv - lin)) continue;
             (V::load_unaligned(c + j) + rv * inv).store_unaligned(c + j);
             V(T(0)).store_unaligned(q + j), V(T(0)).store_unaligned(r + j);
-            for (index_t i = 0; i < rows; ++i) row(row_ptrs[i], v, v + 1);
+            for (index_t i = 0; i < rows; ++i) row(row_ptrs[i], j, std::min(j + L, n));
         }
     }
     for (index_t j = 0; j < n; ++j) merge(j, double(c[j]), double(q[j]), double(r[j]));

@@ -167,6 +167,17 @@ inline void for_vector_groups(index_t n, F&& f) {
     if (j < n) f.template operator()<1, true>(j, n - j);
 }
 
+/// f.template operator()<Tail>(j, t) for the vectors of values [b, e) of a run, b on one of its
+/// vector boundaries: whole vectors (t = width), then one masked vector of the t < width values
+/// left (Tail).
+template <class T, class F>
+[[gnu::always_inline]] inline void for_vectors(index_t b, index_t e, F&& f) {
+    constexpr index_t L = width<T>;
+    index_t j = b;
+    for (; j + L <= e; j += L) f.template operator()<false>(j, L);
+    if (j < e) f.template operator()<true>(j, e - j);
+}
+
 /// f folded over p[0..n) with four independent accumulator chains: acc = f(acc, x). The tail is
 /// one masked vector: lanes past n keep their accumulator.
 template <class T, class F>
