@@ -240,7 +240,14 @@ def write_markdown(path, context, rows, command, cli, cases):
                   "batches take the widest set; the peers dispatch at run time)\n")
         out.write(f"- command: `{command}`\n")
         reps = max((i.get("repetitions", 1) for impls in cases.values() for i in impls.values()), default=1)
-        if reps > 1:
+        rounds = int(context.get("normspec_rounds", "1"))
+        if rounds > 1:
+            out.write(f"- timing: each figure is the median of {reps} rounds (`--normspec_rounds={rounds}`); in each round "
+                      "a case's implementations (at one op and thread count) run back to back, in a random order of the "
+                      "round's own, so all of them are timed within seconds of each other: a spell of load on this shared "
+                      "machine, which can slow every call by up to 2x for minutes, reaches a case's implementations alike "
+                      "instead of some of their repetitions (as with Google Benchmark's random interleaving across the whole run)\n")
+        elif reps > 1:
             out.write(f"- timing: each figure is the median of {reps} repetitions, run in random order across the whole "
                       "run (Google Benchmark's random interleaving), so a burst of load on this shared machine moves one "
                       "repetition, not the figure; the ratios compare medians from the same run\n")
@@ -259,7 +266,7 @@ def write_markdown(path, context, rows, command, cli, cases):
         out.write("## Traffic model and limit\n\n")
         out.write("GB/s counts the bytes a pass must move: forward, x read and y written (BatchNorm training out of cache: x read "
                   "twice, for the statistics and for the normalize sweep; in evaluation once); backward, x and dy read and dx written. `of copy_nt` is normspec's GB/s over the GB/s of a streaming-store copy of the same bytes (the median of every "
-                  "run of that copy in the run: it is timed once per case, so a shape that several norms, layouts and ops share "
+                  "run of that copy in the run: it is timed with every case, once per round, so a shape that several norms, layouts and ops share "
                   "has many, which steadies the limit; likewise memcpy) "
                   "in the same run (`*`: x and y do not fit in the 32 MiB L3). `vs X` is X's time over normspec's "
                   "(> 1: normspec is faster).\n\n")
@@ -390,7 +397,7 @@ def write_markdown(path, context, rows, command, cli, cases):
                   "into the shift would drop one of the three, but x - mean would no longer be exact, which float data "
                   "at 1e4 + N(0,1) needs.\n"
                   "- **shared machine.** The machine is shared: the same call moves by 1.5-2x between runs, on normspec and the peers alike; "
-                  f"each figure here is the median of {reps} repetitions in random order, which steadies the ratios but does "
+                  f"each figure here is the median of {reps} {'rounds' if rounds > 1 else 'repetitions in random order'}, which steadies the ratios but does "
                   "not remove that (BatchNorm NHWC 32x64x56x56 evaluation at two threads measured 1.00 and 1.88 of "
                   "oneDNN in two runs of the same binary).\n\n")
         short = {}
