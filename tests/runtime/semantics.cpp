@@ -230,7 +230,8 @@ TEST_CASE("one and two threads agree, on kept-index and split-reduction plans") 
 
 TEST_CASE("out of cache, channels-last column moments go row by row, far centres taken again") {
     // BatchNorm and GroupNorm on NHWC (one sample of H x 1 positions) with 333 channels and rows
-    // from memory (columns_by_rows; GroupNorm's two threads split the sample's rows): the
+    // from memory (columns_by_rows; GroupNorm's two threads split the sample's rows; 37 groups of
+    // 9 channels, too short to vectorize alone, so that it takes per-channel column moments): the
     // statistics of each block of rows row by row, the sums per column in L1. The values sit at
     // 1e4 + N(0, 1), and in channel 5 the first block's first rows are outliers: the first block's
     // centre (0) and, for channel 5, the second block's (the first block's mean) lie far from the
@@ -241,14 +242,45 @@ TEST_CASE("out of cache, channels-last column moments go row by row, far centres
     for (std::size_t r = 0; r < 16; ++r) x(0, r, 0, 5) += 50.0f;
     CHECK(engine::detail::columns_by_rows<float>(double(rows / 2) * double(c) * sizeof(float), engine::index_t(c)));
     const auto want = ref::norm(describe<batch_norm>(), {"N", "H", "W", "C"}, xt::cast<double>(x), {}, {}, 0, 1e-5);
-    const auto want_gn = ref::norm(describe<group_norm<9>>(), {"N", "H", "W", "C"}, xt::cast<double>(x), {}, {}, 9, 1e-5);
+    const auto want_gn = ref::norm(describe<group_norm<37>>(), {"N", "H", "W", "C"}, xt::cast<double>(x), {}, {}, 37, 1e-5);
     for (int t : {1, 2}) {
         CAPTURE(t);
         const auto r = forward(batch_norm{}, named<N, H, W, C>(x), threads(t));
         CHECK(th::rel_err(r.rstd, want.rstd) < 1e-6);
         CHECK(std::abs(r.rstd(5) / want.rstd(5) - 1) < 1e-6);  // channel 5 on its own (its rstd is small)
         CHECK(th::rel_err(r.y, want.y) < 2e-6);
-        CHECK(th::rel_err(forward(group_norm<9>{}, named<N, H, W, C>(x), threads(t)).y, want_gn.y) < 2e-6);
+        CHECK(th::rel_err(forward(group_norm<37>{}, named<N, H, W, C>(x), threads(t)).y, want_gn.y) < 2e-6);
+    }
+}
+
+TEST_CASE("channels-last column moments go row by row when the output streams, small slabs too") {
+    // GroupNorm on NHWC (37 groups of 9 channels: per-channel column moments), four samples of
+    // 333 channels, each sample's slab of x under a quarter of the last-level cache but x and y
+    // together past 3/8 of it, so that one thread's call streams its output and reads each slab
+    // from memory: the column moments go row by row (columns_by_rows with streaming) where the
+    // slab alone would take column groups. Values at 1e4 + N(0, 1): each sample's first block has
+    // no centre yet and takes its second pass; in channel 5 of sample 2 the second block's first
+    // rows are outliers.
+    const std::size_t c = 333, samples = 4;
+    const std::size_t rows = std::size_t(0.06 * engine::detail::llc_bytes() / double(sizeof(float) * c)) + 1;
+    const double slab = double(rows) * double(c) * sizeof(float), total = double(samples) * slab;
+    CHECK(engine::detail::stream_output(2.0 * total, 1));
+    CHECK_FALSE(engine::detail::columns_by_rows<float>(slab, engine::index_t(c)));
+    CHECK(engine::detail::columns_by_rows<float>(slab, engine::index_t(c), true));
+    xt::xtensor<float, 4> x = xt::cast<float>(th::randn({samples, rows, 1, c}, 1e4, 1.0));
+    const std::size_t block = std::size_t(engine::column_block_rows(engine::index_t(c)));
+    for (std::size_t r = block; r < block + 8; ++r) x(2, r, 0, 5) += 50.0f;
+    {
+        const auto [p, size] = plan_for<group_norm<37>>({"N", "H", "W", "C"}, {4, engine::index_t(rows), 1, 333}, false);
+        const auto d = engine::decide<float>(p, size, 1, 0, false, false);
+        CHECK((d.grouped_columns && d.stream));
+    }
+    const auto want = ref::norm(describe<group_norm<37>>(), {"N", "H", "W", "C"}, xt::cast<double>(x), {}, {}, 37, 1e-5);
+    for (int t : {1, 2}) {
+        CAPTURE(t);
+        const auto r = forward(group_norm<37>{}, named<N, H, W, C>(x), threads(t));
+        CHECK(th::rel_err(r.rstd, want.rstd) < 1e-6);
+        CHECK(th::rel_err(r.y, want.y) < 2e-6);
     }
 }
 

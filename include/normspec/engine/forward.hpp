@@ -139,16 +139,24 @@ inline double llc_bytes() {
 
 /// Whether a column sweep over `bytes` of rows of n values of T goes row by row (column_rows)
 /// rather than a few columns at a time down each block of rows (column_group): when the rows
-/// come from memory, past a quarter of the last-level cache, and are wider than two groups of
-/// four vectors (narrower, the groups read a block nearly in memory order). Old and new engines
-/// in one process, alternating calls, against column groups that asked for the next block's rows
+/// come from memory and are wider than two groups of four vectors (narrower, the groups read a
+/// block nearly in memory order). From memory: past a quarter of the last-level cache, or when
+/// the call's output streams (`streaming`: each thread's share of x and y passes 3/8 of it, so
+/// a slab read per kept index comes from memory even when it is small). Old and new engines in
+/// one process, alternating calls, against column groups that asked for the next block's rows
 /// in L2 along the way: BatchNorm NHWC 50x2048x7x7 at 0.76-0.90 of the time, GroupNorm NHWC
 /// 2x320x96x96 at 0.84-0.91 (forward, one and two threads, three runs); at 64 channels
 /// (BatchNorm NHWC 32x64x56x56) 0.91-0.98 at one thread but 1.05-1.17x at two, and in cache
-/// (1x320x64x64) 0.89-1.07 at one thread but 1.20-1.23x at two, so those keep the column
-/// groups. (The backward's column sums go row by row in and out of cache: lane_sums.)
+/// (1x320x64x64) 0.89-1.07 at one thread but 1.17-1.23x at two, so those keep the column
+/// groups. Streaming calls at 8x256x32x32, one thread (at two they do not stream): GroupNorm's
+/// 1 MiB slabs 0.88-1.04 of the time, BatchNorm 0.90-1.02 warm and 0.83-0.97 after a 64 MiB
+/// sweep (both engines built with -falign-loops=64, each in both places of the process, three
+/// and four runs: built without it, the same code measured up to 1.22x apart depending on where
+/// it was linked). (The backward's column sums go row by row in and out of cache: lane_sums.)
 template <class T>
-inline bool columns_by_rows(double bytes, index_t n) { return bytes > 0.25 * llc_bytes() && n > 8 * simd::width<T>; }
+inline bool columns_by_rows(double bytes, index_t n, bool streaming = false) {
+    return (streaming || bytes > 0.25 * llc_bytes()) && n > 8 * simd::width<T>;
+}
 
 /// f(pointers, count) over the rows of R[r0, r1) (row r at base + r.x), `per` rows at a time
 /// (for_blocks); rows is reused storage.
@@ -159,13 +167,14 @@ void for_row_batches(const loop_dims& R, index_t r0, index_t r1, const T* base, 
 }
 
 /// Per-column moments of rows [r0, r1) of R (row r at base + r.x; n columns at step s), taken in
-/// blocks of column_block_rows(n) rows (accumulate_block, row by row when columns_by_rows); mean
-/// and m2 are reset first; returns the row count. rows is reused storage for the row pointers.
+/// blocks of column_block_rows(n) rows (accumulate_block, row by row when columns_by_rows; the
+/// call's output streams when `streaming`); mean and m2 are reset first; returns the row count.
+/// rows is reused storage for the row pointers.
 template <bool Rms, class T>
 double column_moments(const loop_dims& R, index_t r0, index_t r1, const T* base, index_t n, index_t s,
-                      double* mean, double* m2, std::vector<const T*>& rows) {
+                      double* mean, double* m2, std::vector<const T*>& rows, bool streaming) {
     const index_t block = column_block_rows(n);
-    const bool by_rows = columns_by_rows<T>(double(r1 - r0) * double(n) * sizeof(T), n);
+    const bool by_rows = columns_by_rows<T>(double(r1 - r0) * double(n) * sizeof(T), n, streaming);
     std::fill(mean, mean + n, 0.0);
     std::fill(m2, m2 + n, 0.0);
     double count = 0;
@@ -273,9 +282,10 @@ inline bool runs_in_memory_order(const plan& p) {
 }
 
 /// Moments of every statistic, indexed by statistic offset; in_order: the decision's
-/// stats_in_order (runs_statistics).
+/// stats_in_order (runs_statistics); streaming: the normalize sweep's stores stream (for
+/// column_moments).
 template <bool Rms, class T>
-std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, int nt, bool in_order) {
+std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, int nt, bool in_order, bool streaming) {
     if (in_order) return runs_statistics<Rms>(p, x, stat_count, nt);
     std::vector<moments> out(static_cast<std::size_t>(stat_count));
     const loop_dim inner = p.stats.back();
@@ -291,7 +301,7 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
         std::vector<const T*> rows;
         if (inner.reduced) return runs_moments<Rms>(R, r0, r1, x + k.x + i0 * inner.sx, i1 - i0, inner.sx, acc[0], rows);
         std::vector<double> mean(n), m2(n);
-        const double count = column_moments<Rms>(R, r0, r1, x + k.x, n, inner.sx, mean.data(), m2.data(), rows);
+        const double count = column_moments<Rms>(R, r0, r1, x + k.x, n, inner.sx, mean.data(), m2.data(), rows, streaming);
         for (index_t j = 0; j < n; ++j) acc[j].template merge<Rms>(count, mean[j], m2[j]);
     };
 
@@ -768,7 +778,7 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
             std::vector<T> cm(n), csc(n), csh(n);
             std::vector<const T*> rows;
             for_range(K, kb, ke, [&](const offsets& kk) {
-                const double count = column_moments<Rms>(R, 0, nr, x + kk.x, n, 1, mean.data(), m2.data(), rows);
+                const double count = column_moments<Rms>(R, 0, nr, x + kk.x, n, 1, mean.data(), m2.data(), rows, stream);
                 coefficients_of(kk, count, mean.data(), m2.data(), cm.data(), csc.data(), csh.data());
                 normalize_rows(kk, 0, nr, cm.data(), csc.data(), csh.data());
             });
@@ -786,7 +796,7 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
             const auto [r0, r1] = split(nr, t, team_size());
             std::vector<const T*> rows;
             count[std::size_t(t)] = column_moments<Rms>(R, r0, r1, x + kk.x, n, 1, &mean[std::size_t(t * n)], &m2[std::size_t(t * n)],
-                                                        rows);
+                                                        rows, stream);
         });
         double total = 0;
         for (index_t c = 0; c < n; ++c) {
@@ -900,7 +910,7 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
                 runs_moments<Rms>(R, 0, nr, x + kk.x, n, inner.sx, acc[0], rows);
             } else {
                 const double count =
-                    column_moments<Rms>(R, 0, nr, x + kk.x, n, inner.sx, mean.data(), m2.data(), rows);
+                    column_moments<Rms>(R, 0, nr, x + kk.x, n, inner.sx, mean.data(), m2.data(), rows, stream);
                 for (index_t j = 0; j < n; ++j) acc[j].template merge<Rms>(count, mean[j], m2[j]);
             }
             for (index_t j = 0; j < per_k; ++j) known(kk.stat + j * ss, acc[j], kk.param + j * inner.sparam);
@@ -1105,8 +1115,8 @@ void forward(const spec_desc& spec, const binding& b, const forward_args<T>& a) 
         for (index_t s = 0; s < b.stat_count; ++s)
             known(s, double(a.running_mean[s]), double(a.running_var[s]), 0.0, p.fold ? param_of[s] : 0);
     } else {
-        const auto m = spec.rms ? detail::statistics<true>(p, a.x.data, b.stat_count, nt, d.stats_in_order)
-                                : detail::statistics<false>(p, a.x.data, b.stat_count, nt, d.stats_in_order);
+        const auto m = spec.rms ? detail::statistics<true>(p, a.x.data, b.stat_count, nt, d.stats_in_order, stream)
+                                : detail::statistics<false>(p, a.x.data, b.stat_count, nt, d.stats_in_order, stream);
         for (index_t s = 0; s < b.stat_count; ++s) from_moments(s, m[s], p.fold ? param_of[s] : 0);
     }
     if (stream)
