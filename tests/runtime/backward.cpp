@@ -353,6 +353,24 @@ TEST_CASE("backward on short planes in wide rows (blocks of channels) matches th
     }
 }
 
+TEST_CASE("flat runs' dx as one affine map per lane: a * dy + b * (x - mh) + c is the dx formula, low part of the mean included") {
+    // dx = (dy * gw - c1 - xhat * c2) * rs with xhat = ((x - mh) - ml) * rs, for lanes whose mean
+    // has a low part ml large enough to matter, and for evaluation (c1 = c2 = 0)
+    struct lane {
+        double mh, ml, rs, c1, c2, gw;
+    };
+    for (const lane l : {lane{1e4, 4.8e-4, 2.0, 0.3, 0.75, 1.5}, lane{-3.0, -1.1e-7, 0.6, -0.2, 1.3, 0.8}, lane{0.5, 0.0, 1.7, 0.0, 0.0, 1.2}}) {
+        const engine::detail::dx_terms<double> t(l.mh, l.ml, l.rs, l.c1, l.c2, l.gw);
+        for (const double x : {l.mh - 2.5, l.mh, l.mh + 0.125, l.mh + 3.0})
+            for (const double dy : {-1.0, 0.0, 0.7}) {
+                CAPTURE(x);
+                CAPTURE(dy);
+                const double xhat = ((x - l.mh) - l.ml) * l.rs, want = (dy * l.gw - l.c1 - xhat * l.c2) * l.rs;
+                CHECK(std::abs(t.a * dy + t.b * (x - t.mh) + t.c - want) < 1e-12 * (1 + std::abs(want)));
+            }
+    }
+}
+
 TEST_CASE("backward in float keeps 2e-5 on data at 1e4 + N(0,1) on every kernel (saved means are rounded)") {
     // the float pass against the same pass in double; the double pass is checked against PyTorch
     // and finite differences above. Blocks of channels, runs of a group, columns (one and two

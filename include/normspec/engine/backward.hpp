@@ -209,28 +209,53 @@ void column_sums(const backward_context<T>& cx, const offsets& kk, const column_
     }
 }
 
-/// Per-position dx coefficients, each repeated past the run's end (simd::wrapped), for flat runs
+/// dx as one affine map per lane: with xhat = ((x - mh) - ml) * rs,
+///   dx = (dy * gw - c1 - xhat * c2) * rs = a * dy + b * (x - mh) + c,
+/// a = rs * gw, b = -rs^2 * c2, c = -rs * c1 - b * ml (in double, then rounded to T). x - mh stays
+/// exact (float data at 1e4 + N(0,1) need it), and a flat run's vector of dx loads four vectors
+/// of per-lane coefficients instead of six, with one subtraction and two multiply-adds.
 template <class T>
-struct dx_coefficients {
-    std::vector<T> mh, ml, rs, c1, c2, gw;
-    dx_coefficients(const T* mh_, const T* ml_, const T* rs_, const T* c1_, const T* c2_, const T* gw_, index_t n)
-        : mh(simd::wrapped(mh_, n)), ml(simd::wrapped(ml_, n)), rs(simd::wrapped(rs_, n)), c1(simd::wrapped(c1_, n)),
-          c2(simd::wrapped(c2_, n)), gw(simd::wrapped(gw_, n)) {}
+struct dx_terms {
+    T mh, a, b, c;
+    dx_terms(T mh_, T ml, T rs, T c1, T c2, T gw) : mh(mh_) {
+        const double r = double(rs), bb = -r * r * double(c2);
+        a = T(r * double(gw)), b = T(bb), c = T(-r * double(c1) - bb * double(ml));
+    }
 };
 
-/// dx over positions [b, e) of a flat run of n lanes (lane = position mod n): xhat = ((x - mh) -
-/// ml) * rs, dx = (dy * gw - c1 - xhat * c2) * rs; with stream, streaming stores (no fence) and
-/// x and dy prefetched as non-temporal.
+/// dx_terms per lane as four arrays (mh, a, b, c), n lanes; `wrap`: each array repeated past its
+/// end (simd::wrapped), for flat runs
+template <class T>
+struct dx_coefficients {
+    std::vector<T> mh, a, b, c;
+    dx_coefficients(const T* mh_, const T* ml, const T* rs, const T* c1, const T* c2, const T* gw, index_t n, bool wrap = true) {
+        const auto count = static_cast<std::size_t>(n);
+        std::vector<T> vm(count), va(count), vb(count), vc(count);
+        for (index_t j = 0; j < n; ++j) {
+            const dx_terms<T> t(mh_[j], ml[j], rs[j], c1[j], c2[j], gw[j]);
+            vm[std::size_t(j)] = t.mh, va[std::size_t(j)] = t.a, vb[std::size_t(j)] = t.b, vc[std::size_t(j)] = t.c;
+        }
+        if (!wrap) {
+            mh = std::move(vm), a = std::move(va), b = std::move(vb), c = std::move(vc);
+            return;
+        }
+        mh = simd::wrapped(vm.data(), n), a = simd::wrapped(va.data(), n), b = simd::wrapped(vb.data(), n), c = simd::wrapped(vc.data(), n);
+    }
+};
+
+/// dx over positions [b, e) of a flat run of n lanes (lane = position mod n): dx = a * dy +
+/// b * (x - mh) + c (dx_terms); with stream, streaming stores (no fence) and x and dy prefetched
+/// as non-temporal.
 template <class T>
 void flat_dx(bool stream, const T* X, const T* DY, T* DX, index_t b, index_t e, index_t n, const dx_coefficients<T>& c) {
     using V = simd::vec<T>;
     // captured by value, as the forward's kernels: through references, every pointer would be
     // reloaded after each (may-alias) vector store
-    const T *mh = c.mh.data(), *ml = c.ml.data(), *rs = c.rs.data(), *c1 = c.c1.data(), *c2 = c.c2.data(), *gw = c.gw.data();
+    const T *mh = c.mh.data(), *ca = c.a.data(), *cb = c.b.data(), *cc = c.c.data();
     auto f = [=](auto load, index_t j) {
         if (stream) simd::prefetch_stream(X + load.i), simd::prefetch_stream(DY + load.i);
-        const V r = V::load_unaligned(rs + j), xh = ((load(X) - V::load_unaligned(mh + j)) - V::load_unaligned(ml + j)) * r;
-        return xsimd::fnma(xh, V::load_unaligned(c2 + j), load(DY) * V::load_unaligned(gw + j) - V::load_unaligned(c1 + j)) * r;
+        const V xc = load(X) - V::load_unaligned(mh + j);
+        return xsimd::fma(load(DY), V::load_unaligned(ca + j), xsimd::fma(xc, V::load_unaligned(cb + j), V::load_unaligned(cc + j)));
     };
     if (stream)
         simd::for_each_flat<true>(DX, b, e, n, f);
@@ -239,17 +264,15 @@ void flat_dx(bool stream, const T* X, const T* DY, T* DX, index_t b, index_t e, 
 }
 
 /// dx over nruns runs of len values back to back (one row's span of a block of BatchNorm NCHW's
-/// planes), with per-run coefficients mh[k], ...: flat_dx's formula, where a vector that spans the
-/// end of one run and the start of the next blends their coefficients (len at least a vector), so
-/// the stores run over whole lines without per-position coefficient arrays.
+/// planes), with per-run coefficients c (dx_terms, not wrapped): flat_dx's formula, where a
+/// vector that spans the end of one run and the start of the next blends their coefficients (len
+/// at least a vector), so the stores run over whole lines without per-position coefficient arrays.
 template <class T>
-void flat_dx_runs(bool stream, const T* X, const T* DY, T* DX, index_t nruns, index_t len, const T* mh, const T* ml, const T* rs,
-                  const T* c1, const T* c2, const T* gw) {
-    using V = simd::vec<T>;
+void flat_dx_runs(bool stream, const T* X, const T* DY, T* DX, index_t nruns, index_t len, const dx_coefficients<T>& c) {
+    const T *mh = c.mh.data(), *ca = c.a.data(), *cb = c.b.data(), *cc = c.c.data();
     auto f = [=](auto load, auto pick) {  // captured by value, as flat_dx's kernel
         if (stream) simd::prefetch_stream(X + load.i), simd::prefetch_stream(DY + load.i);
-        const V rv = pick(rs), xh = ((load(X) - pick(mh)) - pick(ml)) * rv;
-        return xsimd::fnma(xh, pick(c2), load(DY) * pick(gw) - pick(c1)) * rv;
+        return xsimd::fma(load(DY), pick(ca), xsimd::fma(load(X) - pick(mh), pick(cb), pick(cc)));
     };
     if (stream)
         simd::for_each_run_store<true>(DX, nruns, len, 1, f);
@@ -495,9 +518,10 @@ void backward_group_blocks(const spec_desc& spec, const plan& p, const backward_
                 return std::tuple{a.x.data + kk.x + r.x + g0 * gd.sx, a.dy.data + kk.dy + r.dy + g0 * gd.sdy, a.dx.data + kk.y + r.y + g0 * gd.sy};
             };
             if (in_order) {
+                const dx_coefficients<T> c(mh.data(), ml.data(), rs.data(), c1.data(), c2.data(), gw.data(), g1 - g0, false);
                 for_range(outer.R, 0, nr, [&](const offsets& r) {
                     const auto [X, DY, DX] = at(r);
-                    flat_dx_runs(stream, X, DY, DX, g1 - g0, cg, mh.data(), ml.data(), rs.data(), c1.data(), c2.data(), gw.data());
+                    flat_dx_runs(stream, X, DY, DX, g1 - g0, cg, c);
                 });
                 return;
             }
