@@ -269,15 +269,15 @@ void flat_dx(bool stream, const T* X, const T* DY, T* DX, index_t b, index_t e, 
 /// at least a vector), so the stores run over whole lines without per-position coefficient arrays.
 template <class T>
 void flat_dx_runs(bool stream, const T* X, const T* DY, T* DX, index_t nruns, index_t len, const dx_coefficients<T>& c) {
-    const T *mh = c.mh.data(), *ca = c.a.data(), *cb = c.b.data(), *cc = c.c.data();
-    auto f = [=](auto load, auto pick) {  // captured by value, as flat_dx's kernel
+    const std::array<const T*, 4> coefs{c.mh.data(), c.a.data(), c.b.data(), c.c.data()};
+    auto f = [=](auto load, const auto& v) {  // captured by value, as flat_dx's kernel
         if (stream) simd::prefetch_stream(X + load.i), simd::prefetch_stream(DY + load.i);
-        return xsimd::fma(load(DY), pick(ca), xsimd::fma(load(X) - pick(mh), pick(cb), pick(cc)));
+        return xsimd::fma(load(DY), v[1], xsimd::fma(load(X) - v[0], v[2], v[3]));
     };
     if (stream)
-        simd::for_each_run_store<true>(DX, nruns, len, 1, f);
+        simd::for_each_run_store<true>(DX, nruns, len, 1, coefs, f);
     else
-        simd::for_each_run_store<false>(DX, nruns, len, 1, f);
+        simd::for_each_run_store<false>(DX, nruns, len, 1, coefs, f);
 }
 
 /// dx for rows [r0, r1), row by row (memory read and written in order); rows that are contiguous

@@ -562,9 +562,9 @@ template <bool Stream, class T>
 inline void apply_flat_runs(const T* x, T* y, index_t r0, index_t r1, index_t len, const T* mu, const T* sc, const T* sh,
                             index_t ss) {
     x += r0 * len, y += r0 * len, mu += r0 * ss, sc += r0 * ss, sh += r0 * ss;
-    simd::for_each_run_store<Stream>(y, r1 - r0, len, ss, [=](auto load, auto pick) {
+    simd::for_each_run_store<Stream>(y, r1 - r0, len, ss, std::array<const T*, 3>{mu, sc, sh}, [=](auto load, const auto& v) {
         if constexpr (Stream) simd::prefetch_stream(x + load.i);
-        return xsimd::fma(load(x) - pick(mu), pick(sc), pick(sh));
+        return xsimd::fma(load(x) - v[0], v[1], v[2]);
     });
 }
 

@@ -24,6 +24,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <vector>
 #if defined(__AVX__)
@@ -342,20 +343,40 @@ template <bool Stream, class T, class F>
 }
 
 /// The same over nruns runs of len values back to back (len >= width), whose coefficients change
-/// from run to run: f(load, pick), where pick(c) is the vector of c[k * s] for the run k of each
-/// lane. A vector spans at most two runs; its lanes before the run's end take that run's value,
-/// the rest the next run's, so the stores run over whole lines instead of starting and ending
-/// at every run.
-template <bool Stream, class T, class F>
-[[gnu::always_inline]] inline void for_each_run_store(T* y, index_t nruns, index_t len, index_t s, F&& f) {
+/// from run to run: f(load, v), where v[i] is the vector of coefs[i][k * s] for the run k of
+/// each lane. A vector spans at most two runs; its lanes before the run's end take that run's
+/// value, the rest the next run's, so the stores run over whole lines instead of starting and
+/// ending at every run. The two runs' coefficients are held in registers, broadcast once per
+/// run, and each vector blends them by one mask from a vector count of the run's values left (a
+/// run of 49 values spans about six vectors): broadcasting both runs' values and converting the
+/// count for every vector measured slower (see backward.hpp's flat_dx_runs).
+template <bool Stream, std::size_t NC, class T, class F>
+[[gnu::always_inline]] inline void for_each_run_store(T* y, index_t nruns, index_t len, index_t s, const std::array<const T*, NC>& coefs,
+                                                      F&& f) {
+    using V = vec<T>;
+    alignas(64) static constexpr T iota[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    const V lanes = V::load_aligned(iota), step = V(T(len));
+    V cur[NC], next[NC];
+    std::array<V, NC> v;
     index_t r = 0, left = len;  // the run of the vector's first value, and its values from there
-    for_each_store<Stream>(y, nruns * len, [&](auto load) {
-        const auto here = lanes_below<T>(left);
-        const index_t a = r * s, b = std::min(r + 1, nruns - 1) * s;  // never past the last run
-        const vec<T> v = f(load, [&](const T* c) { return xsimd::select(here, vec<T>(c[a]), vec<T>(c[b])); });
-        left -= loaded_width(load);
-        if (left <= 0) ++r, left += len;  // at most one run ends in a vector
-        return v;
+    V leftv = V(T(len));
+    const index_t second = std::min<index_t>(1, nruns - 1);  // never past the last run
+#pragma GCC unroll 8
+    for (std::size_t i = 0; i < NC; ++i) cur[i] = V(coefs[i][0]), next[i] = V(coefs[i][second * s]);
+    for_each_store<Stream>(y, nruns * len, [&](auto load) __attribute__((always_inline)) {
+        const auto here = lanes < leftv;
+#pragma GCC unroll 8
+        for (std::size_t i = 0; i < NC; ++i) v[i] = xsimd::select(here, cur[i], next[i]);
+        const V out = f(load, v);
+        const index_t w = loaded_width(load);
+        left -= w, leftv -= V(T(w));
+        if (left <= 0) {  // at most one run ends in a vector
+            ++r, left += len, leftv += step;
+            const index_t k = std::min(r + 1, nruns - 1) * s;
+#pragma GCC unroll 8
+            for (std::size_t i = 0; i < NC; ++i) cur[i] = next[i], next[i] = V(coefs[i][k]);
+        }
+        return out;
     });
 }
 
