@@ -532,7 +532,7 @@ TEST_CASE("out of cache: the streaming-store kernels (aligning heads, flat colum
     };
     SUBCASE("NHWC") { check(streamed_nhwc{}, 64, 1, [](std::size_t i) { return i % 64; }); }
     SUBCASE("NHWC, 333 channels: column moments row by row") {
-        CHECK(engine::detail::columns_by_rows<float>(engine::detail::llc_bytes(), 333));
+        CHECK(engine::detail::columns_by_rows<float>(engine::detail::llc_bytes(), 333, false));
         check(streamed_nhwc{}, 333, 1, [](std::size_t i) { return i % 333; });
     }
     SUBCASE("NCHW") { check(streamed_nchw<16, 17>{}, 4, 16 * 17, [](std::size_t i) { return (i / (16 * 17)) % 4; }); }

@@ -240,7 +240,7 @@ TEST_CASE("out of cache, channels-last column moments go row by row, far centres
     const std::size_t c = 333, rows = std::size_t(0.6 * engine::detail::llc_bytes() / double(sizeof(float) * c)) + 1;
     xt::xtensor<float, 4> x = xt::cast<float>(th::randn({1, rows, 1, c}, 1e4, 1.0));
     for (std::size_t r = 0; r < 16; ++r) x(0, r, 0, 5) += 50.0f;
-    CHECK(engine::detail::columns_by_rows<float>(double(rows / 2) * double(c) * sizeof(float), engine::index_t(c)));
+    CHECK(engine::detail::columns_by_rows<float>(double(rows / 2) * double(c) * sizeof(float), engine::index_t(c), false));
     const auto want = ref::norm(describe<batch_norm>(), {"N", "H", "W", "C"}, xt::cast<double>(x), {}, {}, 0, 1e-5);
     const auto want_gn = ref::norm(describe<group_norm<37>>(), {"N", "H", "W", "C"}, xt::cast<double>(x), {}, {}, 37, 1e-5);
     for (int t : {1, 2}) {
@@ -265,7 +265,7 @@ TEST_CASE("channels-last column moments go row by row when the output streams, s
     const std::size_t rows = std::size_t(0.06 * engine::detail::llc_bytes() / double(sizeof(float) * c)) + 1;
     const double slab = double(rows) * double(c) * sizeof(float), total = double(samples) * slab;
     CHECK(engine::detail::stream_output(2.0 * total, 1));
-    CHECK_FALSE(engine::detail::columns_by_rows<float>(slab, engine::index_t(c)));
+    CHECK_FALSE(engine::detail::columns_by_rows<float>(slab, engine::index_t(c), false));
     CHECK(engine::detail::columns_by_rows<float>(slab, engine::index_t(c), true));
     xt::xtensor<float, 4> x = xt::cast<float>(th::randn({samples, rows, 1, c}, 1e4, 1.0));
     const std::size_t block = std::size_t(engine::column_block_rows(engine::index_t(c)));

@@ -223,23 +223,26 @@ struct dx_terms {
     }
 };
 
-/// dx_terms per lane as four arrays (mh, a, b, c), n lanes; `wrap`: each array repeated past its
-/// end (simd::wrapped), for flat runs
+/// dx_terms per lane as four arrays (mh, a, b, c)
 template <class T>
 struct dx_coefficients {
     std::vector<T> mh, a, b, c;
-    dx_coefficients(const T* mh_, const T* ml, const T* rs, const T* c1, const T* c2, const T* gw, index_t n, bool wrap = true) {
-        const auto count = static_cast<std::size_t>(n);
-        std::vector<T> vm(count), va(count), vb(count), vc(count);
-        for (index_t j = 0; j < n; ++j) {
-            const dx_terms<T> t(mh_[j], ml[j], rs[j], c1[j], c2[j], gw[j]);
-            vm[std::size_t(j)] = t.mh, va[std::size_t(j)] = t.a, vb[std::size_t(j)] = t.b, vc[std::size_t(j)] = t.c;
-        }
-        if (!wrap) {
-            mh = std::move(vm), a = std::move(va), b = std::move(vb), c = std::move(vc);
-            return;
-        }
-        mh = simd::wrapped(vm.data(), n), a = simd::wrapped(va.data(), n), b = simd::wrapped(vb.data(), n), c = simd::wrapped(vc.data(), n);
+    explicit dx_coefficients(std::size_t n) : mh(n), a(n), b(n), c(n) {}
+    /// n lanes from per-lane arrays of the formula's terms
+    dx_coefficients(const T* mh_, const T* ml, const T* rs, const T* c1, const T* c2, const T* gw, index_t n)
+        : dx_coefficients(static_cast<std::size_t>(n)) {
+        for (index_t j = 0; j < n; ++j) set(std::size_t(j), 1, dx_terms<T>(mh_[j], ml[j], rs[j], c1[j], c2[j], gw[j]));
+    }
+    /// lanes [o, o + count) take t
+    void set(std::size_t o, std::size_t count, const dx_terms<T>& t) {
+        std::fill_n(mh.begin() + std::ptrdiff_t(o), count, t.mh), std::fill_n(a.begin() + std::ptrdiff_t(o), count, t.a);
+        std::fill_n(b.begin() + std::ptrdiff_t(o), count, t.b), std::fill_n(c.begin() + std::ptrdiff_t(o), count, t.c);
+    }
+    /// the first n lanes, each array repeated past its end (simd::wrapped), for flat runs
+    dx_coefficients wrapped(index_t n) const {
+        dx_coefficients w(0);
+        w.mh = simd::wrapped(mh.data(), n), w.a = simd::wrapped(a.data(), n), w.b = simd::wrapped(b.data(), n), w.c = simd::wrapped(c.data(), n);
+        return w;
     }
 };
 
@@ -264,7 +267,7 @@ void flat_dx(bool stream, const T* X, const T* DY, T* DX, index_t b, index_t e, 
 }
 
 /// dx over nruns runs of len values back to back (one row's span of a block of BatchNorm NCHW's
-/// planes), with per-run coefficients c (dx_terms, not wrapped): flat_dx's formula, where a
+/// planes), with per-run coefficients c (dx_terms of run k at k, not wrapped): flat_dx's formula, where a
 /// vector that spans the end of one run and the start of the next blends their coefficients (len
 /// at least a vector), so the stores run over whole lines without per-position coefficient arrays.
 template <class T>
@@ -293,8 +296,9 @@ void column_dx(const backward_context<T>& cx, const offsets& kk, const column_la
         const T* DY = cx.a.dy.data + kk.dy;
         std::vector<T> ones;
         if (!g || sp == 0) ones.assign(std::size_t(n), g ? g[0] : T(1));
-        const dx_coefficients<T> c(ln.mhi.data(), ln.mlo.data(), ln.rs.data(), ln.c1.data(), ln.c2.data(),
-                                   ones.empty() ? g : ones.data(), n);
+        const auto c = dx_coefficients<T>(ln.mhi.data(), ln.mlo.data(), ln.rs.data(), ln.c1.data(), ln.c2.data(),
+                                          ones.empty() ? g : ones.data(), n)
+                           .wrapped(n);
         flat_dx(cx.stream, X, DY, cx.a.dx.data + kk.y, r0 * n, r1 * n, n, c);
         if (cx.stream) simd::fence();
         return;
@@ -481,7 +485,7 @@ void backward_group_blocks(const spec_desc& spec, const plan& p, const backward_
         double* db = param_sums.db(t);
         const auto [wb, we] = split(nk * bl.count, t, team_size());
         const std::size_t size = std::size_t(in_order ? bl.per : bl.per * cg);  // per channel, or per position
-        std::vector<T> mh(size), ml(size), rs(size), c1(size), c2(size), gw(size);
+        dx_coefficients<T> coef(size);
         std::vector<run_sums> sums(std::size_t(bl.per), run_sums{});
         for_group_blocks(outer.K, bl, gd.extent, wb, we, [&](const offsets& kk, index_t g0, index_t g1) {
             // the block's sums row by row, each row's span in memory order (channel by channel
@@ -505,28 +509,23 @@ void backward_group_blocks(const spec_desc& spec, const plan& p, const backward_
                 if (dg) dg[pi] += q;
                 if (db) db[pi] += sum.d;
                 const index_t each = in_order ? 1 : cg;  // values per channel in the coefficient arrays
-                const auto o = std::ptrdiff_t((gi - g0) * each);
                 const mean_pair<T> mp(m.mean);
-                std::fill_n(mh.begin() + o, each, mp.hi);
-                std::fill_n(ml.begin() + o, each, mp.lo);
-                std::fill_n(rs.begin() + o, each, T(rstd));
-                std::fill_n(c1.begin() + o, each, spec.rms || a.constant_stats ? T(0) : T(gv * sum.d * inv_n));
-                std::fill_n(c2.begin() + o, each, a.constant_stats ? T(0) : T(gv * q * inv_n));
-                std::fill_n(gw.begin() + o, each, T(gv));
+                coef.set(std::size_t((gi - g0) * each), std::size_t(each),
+                         dx_terms<T>(mp.hi, mp.lo, T(rstd), spec.rms || a.constant_stats ? T(0) : T(gv * sum.d * inv_n),
+                                     a.constant_stats ? T(0) : T(gv * q * inv_n), T(gv)));
             }
             auto at = [&](const offsets& r) {  // x, dy and dx of the block's span in row r
                 return std::tuple{a.x.data + kk.x + r.x + g0 * gd.sx, a.dy.data + kk.dy + r.dy + g0 * gd.sdy, a.dx.data + kk.y + r.y + g0 * gd.sy};
             };
             if (in_order) {
-                const dx_coefficients<T> c(mh.data(), ml.data(), rs.data(), c1.data(), c2.data(), gw.data(), g1 - g0, false);
                 for_range(outer.R, 0, nr, [&](const offsets& r) {
                     const auto [X, DY, DX] = at(r);
-                    flat_dx_runs(stream, X, DY, DX, g1 - g0, cg, c);
+                    flat_dx_runs(stream, X, DY, DX, g1 - g0, cg, coef);
                 });
                 return;
             }
             const index_t span = (g1 - g0) * cg;
-            const dx_coefficients<T> c(mh.data(), ml.data(), rs.data(), c1.data(), c2.data(), gw.data(), span);
+            const dx_coefficients<T> c = coef.wrapped(span);
             for_range(outer.R, 0, nr, [&](const offsets& r) {
                 const auto [X, DY, DX] = at(r);
                 flat_dx(stream, X, DY, DX, 0, span, span, c);

@@ -154,7 +154,7 @@ inline double llc_bytes() {
 /// and four runs: built without it, the same code measured up to 1.22x apart depending on where
 /// it was linked). (The backward's column sums go row by row in and out of cache: lane_sums.)
 template <class T>
-inline bool columns_by_rows(double bytes, index_t n, bool streaming = false) {
+inline bool columns_by_rows(double bytes, index_t n, bool streaming) {
     return (streaming || bytes > 0.25 * llc_bytes()) && n > 8 * simd::width<T>;
 }
 

@@ -46,11 +46,17 @@ inline constexpr index_t width = index_t(vec<T>::size);
 /// in the loop on AVX2, none with one vector ahead).
 inline constexpr int registers = sizeof(vec<float>) >= 64 ? 32 : 16;
 
+/// The vector 0, 1, 2, ... (each lane's number)
+template <class T>
+inline vec<T> lane_numbers() {
+    alignas(64) static constexpr T iota[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    return vec<T>::load_aligned(iota);
+}
+
 /// Lanes [0, n) of a vector: true.
 template <class T>
 inline xsimd::batch_bool<T> lanes_below(index_t n) {
-    alignas(64) static constexpr T iota[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    return vec<T>::load_aligned(iota) < vec<T>(T(n));
+    return lane_numbers<T>() < vec<T>(T(n));
 }
 
 #if defined(__AVX__)
@@ -354,8 +360,7 @@ template <bool Stream, std::size_t NC, class T, class F>
 [[gnu::always_inline]] inline void for_each_run_store(T* y, index_t nruns, index_t len, index_t s, const std::array<const T*, NC>& coefs,
                                                       F&& f) {
     using V = vec<T>;
-    alignas(64) static constexpr T iota[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    const V lanes = V::load_aligned(iota), step = V(T(len));
+    const V lanes = lane_numbers<T>(), step = V(T(len));
     V cur[NC], next[NC];
     std::array<V, NC> v;
     index_t r = 0, left = len;  // the run of the vector's first value, and its values from there
