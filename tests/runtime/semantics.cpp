@@ -482,6 +482,43 @@ TEST_CASE("streaming stores: decided by each thread's share of x and y; LayerNor
     check(rms_norm{}, 1024);
 }
 
+namespace {
+/// Spec S forward on E data laid out as Ax... (samples first; the channels, which gamma and beta
+/// span, at axis `channel`), N as large as count_for(one sample's floats) makes it, at values
+/// 1e4 + N(0,1) that edit(x) then changes: y and rstd against the float64 reference at one and
+/// two threads, y one value past a vector boundary, nothing written before or after it.
+template <class S, class E, class... Ax, class CountFor, class Edit>
+void check_streamed_forward(std::array<std::size_t, 3> sample, std::size_t channel, long groups, CountFor&& count_for, Edit&& edit) {
+    const std::size_t per = sample[0] * sample[1] * sample[2], n = count_for(per * sizeof(E) / sizeof(float)), total = n * per;
+    const std::array<std::size_t, 4> shape{n, sample[0], sample[1], sample[2]};
+    CAPTURE(shape);
+    CAPTURE(sizeof(E));
+    xt::xtensor<E, 4> x = xt::cast<E>(xt::reshape_view(th::randn({total}, 1e4, 1.0), shape));
+    edit(x);
+    xt::xarray<E> g = xt::cast<E>(th::randn({shape[channel]}, 1.0, 0.5)), bt = xt::cast<E>(th::randn({shape[channel]}, 0.0, 0.5));
+    const auto want = ref::norm(describe<S>(), {Ax::name...}, xt::cast<double>(x), xt::cast<double>(g),
+                                S::has_beta ? xt::xarray<double>(xt::cast<double>(bt)) : xt::xarray<double>{}, groups, 1e-5);
+    std::vector<E> ybuf(total + 64);
+    E* yp = th::placed(ybuf, 64, sizeof(E));
+    auto y = xt::adapt(yp, total, xt::no_ownership(), shape);
+    const double tol = std::is_same_v<E, float> ? 1e-6 : 1e-10;  // double: x itself at 1e4 carries 1e-12
+    for (int t : {1, 2}) {
+        CAPTURE(t);
+        std::fill(ybuf.begin(), ybuf.end(), E(-7));
+        const auto r = [&] {
+            if constexpr (S::has_beta)
+                return forward(S{}, named<Ax...>(x), gamma(g), beta(bt), out(y), threads(t));
+            else
+                return forward(S{}, named<Ax...>(x), gamma(g), out(y), threads(t));
+        }();
+        CHECK(th::rel_err(r.rstd, want.rstd) < tol);
+        CHECK(th::rel_err(y, want.y) < 2 * tol);
+        CHECK(ybuf.front() == E(-7));
+        CHECK(ybuf.back() == E(-7));
+    }
+}
+}  // namespace
+
 TEST_CASE("out of cache, each kept index's normalize sweep takes the next one's statistics (a pipeline)") {
     // Streaming and fused with contiguous reduced runs without parameters along them (rows; planes
     // of a BatchNorm, InstanceNorm or GroupNorm), a thread's kept indices form a pipeline: while one is
@@ -517,37 +554,9 @@ TEST_CASE("out of cache, each kept index's normalize sweep takes the next one's 
         const auto two = engine::decide<float>(in2.p, in2.size, 2, 0, false, false);
         if (two.threads == 2) CHECK(two.pipelined);
     }
-    // spec on float or double data, N samples of C x H x W, N as large as count_for makes it
+    // spec on float or double data, N samples of C x H x W
     auto run = [&](auto spec, auto type, std::array<std::size_t, 3> chw, long groups, auto&& edit) {
-        using S = decltype(spec);
-        using E = decltype(type);
-        const std::size_t per = chw[0] * chw[1] * chw[2], n = count_for(per * sizeof(E) / sizeof(float)), total = n * per;
-        const std::array<std::size_t, 4> shape{n, chw[0], chw[1], chw[2]};
-        CAPTURE(shape);
-        CAPTURE(sizeof(E));
-        xt::xtensor<E, 4> x = xt::cast<E>(xt::reshape_view(th::randn({total}, 1e4, 1.0), shape));
-        edit(x);
-        xt::xarray<E> g = xt::cast<E>(th::randn({chw[0]}, 1.0, 0.5)), bt = xt::cast<E>(th::randn({chw[0]}, 0.0, 0.5));
-        const auto want = ref::norm(describe<S>(), {"N", "C", "H", "W"}, xt::cast<double>(x), xt::cast<double>(g),
-                                    S::has_beta ? xt::xarray<double>(xt::cast<double>(bt)) : xt::xarray<double>{}, groups, 1e-5);
-        std::vector<E> ybuf(total + 64);
-        E* yp = th::placed(ybuf, 64, sizeof(E));
-        auto y = xt::adapt(yp, total, xt::no_ownership(), shape);
-        const double tol = std::is_same_v<E, float> ? 1e-6 : 1e-10;  // double: x itself at 1e4 carries 1e-12
-        for (int t : {1, 2}) {
-            CAPTURE(t);
-            std::fill(ybuf.begin(), ybuf.end(), E(-7));
-            const auto r = [&] {
-                if constexpr (S::has_beta)
-                    return forward(S{}, named<N, C, H, W>(x), gamma(g), beta(bt), out(y), threads(t));
-                else
-                    return forward(S{}, named<N, C, H, W>(x), gamma(g), out(y), threads(t));
-            }();
-            CHECK(th::rel_err(r.rstd, want.rstd) < tol);
-            CHECK(th::rel_err(y, want.y) < 2 * tol);
-            CHECK(ybuf.front() == E(-7));  // nothing written before y or past its end
-            CHECK(ybuf.back() == E(-7));
-        }
+        check_streamed_forward<decltype(spec), decltype(type), N, C, H, W>(chw, 1, groups, count_for, edit);
     };
     auto ramp_and_outliers = [](auto& x) {
         for (std::size_t i = 0; i < 33 * 35; ++i) x(1, 0, i / 35, i % 35) = 1e4 + 0.01 * double(i);  // sorted ramp
@@ -562,6 +571,49 @@ TEST_CASE("out of cache, each kept index's normalize sweep takes the next one's 
     run(batch_norm{}, float{}, {16, 17, 19}, 0, [](auto&) {});
     // rms over each plane, gamma per channel (folded): the sums of squares taken in the pipeline
     run(norm<reduce<H, W>, scale<C>, rms>{}, float{}, {3, 33, 35}, 0, ramp_and_outliers);
+}
+
+TEST_CASE("out of cache, channels-last kept indices form a pipeline a block of rows at a time") {
+    // InstanceNorm and GroupNorm on NHWC, streaming, two samples or more per thread: while one
+    // sample's block of rows is normalized from cache, the next sample's same block is asked for,
+    // whose column moments follow (columns_per_kept). Same values as the reference: values at
+    // 1e4 + N(0,1), a sorted ramp and outliers first in a later sample (second passes inside the
+    // pipeline), channels that are not a whole number of vectors (37: rows start anywhere in a
+    // vector; column groups) and more than eight vectors of them (333: row by row), rows that
+    // are not a whole number of blocks, y one value past a vector boundary; float and double; an
+    // rms norm with gamma folded.
+    const double bytes = 0.8 * engine::detail::llc_bytes();  // x and y together: one and two threads stream
+    auto count_for = [&](std::size_t per) { return std::size_t(bytes / double(2 * sizeof(float) * per)) | 1; };
+    {
+        const auto in = plan_for<instance_norm>({"N", "H", "W", "C"}, {engine::index_t(count_for(29 * 31 * 37)), 29, 31, 37}, true);
+        const auto d = engine::decide<float>(in.p, in.size, 1, 0, false, false);
+        CHECK((d.fused && d.stream && d.pipelined));
+        CHECK(engine::explain(in.p, d).find("the same rows of the next are asked for") != std::string::npos);
+        const auto gn = plan_for<group_norm<37>>({"N", "H", "W", "C"}, {engine::index_t(count_for(29 * 31 * 333)), 29, 31, 333}, true);
+        const auto dg = engine::decide<float>(gn.p, gn.size, 1, 0, false, false);
+        CHECK((dg.grouped_columns && dg.pipelined));
+        CHECK(engine::explain(gn.p, dg).find("the same rows of the next are asked for") != std::string::npos);
+        // one sample per thread: nothing to pipeline
+        const auto one = plan_for<group_norm<37>>({"N", "H", "W", "C"}, {2, 401, 403, 333}, true);
+        const auto d2 = engine::decide<float>(one.p, one.size, 2, 0, false, false);
+        if (d2.threads == 2) CHECK_FALSE(d2.pipelined);
+        CHECK_FALSE(engine::decide<float>(in.p, in.size, 1, 0, false, true).pipelined);  // in place: no streaming
+    }
+    // spec on float or double data, N samples of H x W x C
+    auto run = [&](auto spec, auto type, std::array<std::size_t, 3> hwc, long groups, auto&& edit) {
+        check_streamed_forward<decltype(spec), decltype(type), N, H, W, C>(hwc, 3, groups, count_for, edit);
+    };
+    auto ramp_and_outliers = [](auto& x) {  // sample 3 (a later one in every thread's pipeline)
+        const std::size_t c = x.shape(3);
+        for (std::size_t i = 0; i < 29 * 31; ++i) x(3, i / 31, i % 31, 0) = 1e4 + 0.01 * double(i);  // sorted ramp
+        for (std::size_t i = 64; i < 104; ++i) x(3, i / 31, i % 31, c - 1) += 50;                 // a block's first rows
+    };
+    run(instance_norm{}, float{}, {29, 31, 37}, 0, ramp_and_outliers);
+    run(instance_norm{}, double{}, {29, 31, 37}, 0, ramp_and_outliers);
+    run(instance_norm{}, float{}, {13, 11, 333}, 0, [](auto&) {});
+    run(group_norm<37>{}, float{}, {29, 31, 333}, 37, ramp_and_outliers);
+    run(group_norm<4>{}, float{}, {29, 31, 36}, 4, ramp_and_outliers);
+    run(norm<reduce<H, W>, scale<C>, rms>{}, float{}, {29, 31, 37}, 0, ramp_and_outliers);
 }
 
 // ---- a call's allocations -------------------------------------------------------------------

@@ -16,9 +16,11 @@
 #include "odometer.hpp"
 #include "plan.hpp"
 
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -166,20 +168,29 @@ void for_row_batches(const loop_dims& R, index_t r0, index_t r1, const T* base, 
     for_blocks(R, r0, r1, per, rows, [base](const offsets& r) { return base + r.x; }, f);
 }
 
+/// Nothing before a block of column_moments
+struct no_block_work {
+    template <class P>
+    void operator()(P, index_t) const {}
+};
+
 /// Per-column moments of rows [r0, r1) of R (row r at base + r.x; n columns at step s), taken in
 /// blocks of column_block_rows(n) rows (accumulate_block, row by row when columns_by_rows; the
 /// call's output streams when `streaming`); mean and m2 are reset first; returns the row count.
-/// rows is reused storage for the row pointers.
-template <bool Rms, class T>
+/// rows is reused storage for the row pointers. before(row pointers, count) runs before each
+/// block's moments (pipelined_columns: the previous kept index's same rows normalized).
+template <bool Rms, class T, class Before = no_block_work>
 double column_moments(const loop_dims& R, index_t r0, index_t r1, const T* base, index_t n, index_t s,
-                      double* mean, double* m2, std::vector<const T*>& rows, bool streaming) {
+                      double* mean, double* m2, std::vector<const T*>& rows, bool streaming, Before&& before = {}) {
     const index_t block = column_block_rows(n);
     const bool by_rows = columns_by_rows<T>(double(r1 - r0) * double(n) * sizeof(T), n, streaming);
     std::fill(mean, mean + n, 0.0);
     std::fill(m2, m2 + n, 0.0);
     double count = 0;
-    for_row_batches(R, r0, r1, base, block, rows,
-                    [&](const T* const* p, index_t k) { accumulate_block<Rms>(p, k, n, s, count, mean, m2, by_rows); });
+    for_row_batches(R, r0, r1, base, block, rows, [&](const T* const* p, index_t k) {
+        before(p, k);
+        accumulate_block<Rms>(p, k, n, s, count, mean, m2, by_rows);
+    });
     return count;
 }
 
@@ -518,14 +529,18 @@ inline bool flat_columns(const loop_dims& R, const loop_dim& inner) {
 }
 
 /// Positions [b, e) of such a flat run, y = (x - mu_lane) * sc_lane + sh_lane: the streaming
-/// stores run over the whole range instead of restarting at every short row.
-template <bool Stream, class T>
-inline void apply_flat(const T* x, T* y, index_t b, index_t e, index_t n, const wrapped_coefficients<T>& w) {
+/// stores run over the whole range instead of restarting at every short row. With `next`, the
+/// same positions of next are asked for into L1 along the way (pipelined_columns: the next kept
+/// index's rows, whose moments are taken right after).
+template <bool Stream, bool Next = false, class T>
+inline void apply_flat(const T* x, T* y, index_t b, index_t e, index_t n, const wrapped_coefficients<T>& w,
+                       const T* next = nullptr) {
     using V = simd::vec<T>;
     // captured by value, as in apply_run (GroupNorm NHWC 8x256x32x32 eval, one thread: 1.3x faster, same run)
     const T *mu = w.mu.data(), *sc = w.sc.data(), *sh = w.sh.data();
     simd::for_each_flat<Stream>(y, b, e, n, [=](auto load, index_t j) {
         if constexpr (Stream) simd::prefetch_stream(x + load.i);
+        if constexpr (Next) __builtin_prefetch(next + load.i, 0, 3);
         return xsimd::fma(load(x) - V::load_unaligned(mu + j), V::load_unaligned(sc + j), V::load_unaligned(sh + j));
     });
 }
@@ -555,6 +570,46 @@ void apply_rows_of(bool stream, const loop_dims& R, index_t r0, index_t r1, cons
         apply_run_stores<T>(stream, x + r.x, y + r.y, n, inner.sx, inner.sy, mu, sc, sh, ss, g ? g + r.param : nullptr,
                             bt ? bt + r.param : nullptr, inner.sparam);
     });
+}
+
+/// Per kept index of K[kb, ke) (one thread's share): the per-column moments of its rows (R's rows
+/// of `inner`, n kept columns), coefficients(kk, count, mean, m2) making its coefficients
+/// {mu, sc, sh} (per column at inner's statistic step), then y over its rows, g and bt (at the
+/// kept index's parameter offset, along R) applied per element when not folded. InstanceNorm and
+/// GroupNorm on channels-last data. Pipelined (pipelined_columns): the kept indices form a
+/// pipeline, a block of rows at a time: the previous kept index's block is normalized (its x from
+/// cache, streaming stores) while the same block of this one is asked for into L1, whose column
+/// moments follow; so reads from memory and streaming stores go on at once, as in a copy, where
+/// a kept index's two sweeps would take turns.
+template <bool Rms, class T, class Coefficients>
+void columns_per_kept(const loop_dims& K, index_t kb, index_t ke, const loop_dims& R, const loop_dim& inner, const T* x, T* y,
+                      const T* g, const T* bt, bool stream, bool pipelined, Coefficients&& coefficients) {
+    const index_t nr = count_of(R), n = inner.extent;
+    std::vector<double> mean(n), m2(n);
+    std::vector<const T*> rows;
+    if (!pipelined) {
+        for_range(K, kb, ke, [&](const offsets& kk) {
+            const double count = column_moments<Rms>(R, 0, nr, x + kk.x, n, inner.sx, mean.data(), m2.data(), rows, stream);
+            const std::array<const T*, 3> c = coefficients(kk, count, mean.data(), m2.data());
+            apply_rows_of<T>(stream, R, 0, nr, inner, x + kk.x, y + kk.y, c[0], c[1], c[2], g ? g + kk.param : nullptr,
+                             bt ? bt + kk.param : nullptr);
+        });
+        return;
+    }
+    std::optional<wrapped_coefficients<T>> w;  // the previous kept index's
+    offsets prev{};
+    for_range(K, kb, ke, [&](const offsets& kk) {
+        const T* xk = x + kk.x;
+        auto previous_block = [&](const T* const* p, index_t count) {  // rows back to back: positions [o, o + count * n)
+            const index_t o = p[0] - xk;
+            if (w) apply_flat<true, true>(x + prev.x, y + prev.y, o, o + count * n, n, *w, xk);
+        };
+        const double count = column_moments<Rms>(R, 0, nr, xk, n, 1, mean.data(), m2.data(), rows, true, previous_block);
+        const std::array<const T*, 3> c = coefficients(kk, count, mean.data(), m2.data());
+        w.emplace(c[0], c[1], c[2], n);
+        prev = kk;
+    });
+    if (w) apply_flat<true>(x + prev.x, y + prev.y, 0, nr * n, n, *w);  // the last one's sweep alone
 }
 
 /// Runs [r0, r1) of such a flat run (run r at x + r * len; its coefficients at mu[r * ss], ...).
@@ -673,6 +728,29 @@ inline bool pipelined_rows(const plan& p, bool fused, bool stream) {
     return inner.reduced && inner.sx == 1 && inner.sy == 1 && (inner.sparam == 0 || p.fold);
 }
 
+/// GroupNorm on channels-last data (grouped_columns): a row's channels, all groups' members, as
+/// one kept run of per-channel coefficients
+inline loop_dim group_channels(const plan& p) {
+    loop_dim channels;
+    channels.extent = p.fused.back().extent * p.fused[p.fused.size() - 2].extent;
+    channels.sx = channels.sy = channels.sstat = 1;
+    return channels;
+}
+
+/// Fused, with streaming stores, over rows of kept columns back to back whose parameters fold into
+/// per-column coefficients (InstanceNorm and GroupNorm on channels-last data), with two kept
+/// indices or more for each thread: each thread's kept indices form a pipeline
+/// (columns_per_kept), a block of rows at a time, as pipelined_rows' do a run at a time.
+inline bool pipelined_columns(const plan& p, bool fused, bool stream, int threads) {
+    if (!fused || !stream || group_blocks(p)) return false;
+    if (grouped_columns(p)) {
+        const outer_loops o = outer_of(p.fused, 2);
+        return flat_columns(o.R, group_channels(p)) && count_of(o.K) >= 2 * threads;
+    }
+    const outer_loops o = outer_of(p.fused, 1);
+    return flat_columns(o.R, p.fused.back()) && count_of(o.K) >= 2 * threads && (!p.has_params || p.fold);
+}
+
 /// Group gi of kept index kk, whose statistic is known, spread over its member run: per-position
 /// coefficients y = (x - cm) * csc + csh with gamma and beta (per member, when not folded) in them.
 template <class T>
@@ -766,22 +844,20 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
         }
     };
     // rows [r0, r1) of kept index kk, y = (x - cm_c) * csc_c + csh_c
-    loop_dim channels;
-    channels.extent = n, channels.sx = channels.sy = channels.sstat = 1;
+    const loop_dim channels = group_channels(p);
     auto normalize_rows = [&](const offsets& kk, index_t r0, index_t r1, const T* cm, const T* csc, const T* csh) {
         apply_rows_of<T>(stream, R, r0, r1, channels, x + kk.x, y + kk.y, cm, csc, csh, nullptr, nullptr);
     };
     if (nk >= nt || nt == 1) {
+        const bool pipelined = pipelined_columns(p, true, stream, nt);
         team(nt, [&] {
             const auto [kb, ke] = split(nk, thread_id(), team_size());
-            std::vector<double> mean(n), m2(n);
             std::vector<T> cm(n), csc(n), csh(n);
-            std::vector<const T*> rows;
-            for_range(K, kb, ke, [&](const offsets& kk) {
-                const double count = column_moments<Rms>(R, 0, nr, x + kk.x, n, 1, mean.data(), m2.data(), rows, stream);
-                coefficients_of(kk, count, mean.data(), m2.data(), cm.data(), csc.data(), csh.data());
-                normalize_rows(kk, 0, nr, cm.data(), csc.data(), csh.data());
-            });
+            columns_per_kept<Rms>(K, kb, ke, R, channels, x, y, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
+                                  stream, pipelined, [&](const offsets& kk, double count, const double* mean, const double* m2) {
+                                      coefficients_of(kk, count, mean, m2, cm.data(), csc.data(), csh.data());
+                                      return std::array<const T*, 3>{cm.data(), csc.data(), csh.data()};
+                                  });
             if (stream) simd::fence();
         });
         return;
@@ -824,13 +900,25 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
     const loop_dims& K = outer.K;
     const loop_dims& R = outer.R;
     const index_t nk = count_of(K), nr = count_of(R), n = inner.extent;
-    const index_t per_k = inner.reduced ? 1 : n;
-    const index_t ss = inner.reduced ? 0 : inner.sstat;
     // rows with parameters along them: blocks of rows share each load of gamma and beta
     const bool row_blocks = inner.reduced && R.empty() && inner.sx == 1 && inner.sy == 1 && g && inner.sparam == 1;
     const bool pipelined = pipelined_rows(p, true, stream);
+    const bool pipelined_cols = pipelined_columns(p, true, stream, nt);
     team(nt, [&] {
         const auto [kb, ke] = split(nk, thread_id(), team_size());
+        if (!inner.reduced) {  // kept columns (InstanceNorm on channels-last data)
+            columns_per_kept<Rms>(K, kb, ke, R, inner, x, y, g, bt, stream, pipelined_cols,
+                                  [&](const offsets& kk, double count, const double* mean, const double* m2) {
+                                      for (index_t j = 0; j < n; ++j) {
+                                          moments m;
+                                          m.template merge<Rms>(count, mean[j], m2[j]);
+                                          known(kk.stat + j * inner.sstat, m, kk.param + j * inner.sparam);
+                                      }
+                                      return std::array<const T*, 3>{k.mu + kk.stat, k.sc + kk.stat, k.sh + kk.stat};
+                                  });
+            if (stream) simd::fence();
+            return;
+        }
         if (pipelined) {  // kept index kk's moments taken in the normalize sweep of the one before it
             // f(x offset, y offset, parameter offset) for each run of a kept index
             auto runs = [&](auto&& f) {
@@ -860,9 +948,7 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
             simd::fence();
             return;
         }
-        // the columns' work space, only when the inner loop is kept
-        std::vector<moments> acc(row_blocks ? 0 : per_k);
-        std::vector<double> mean(inner.reduced ? 0 : n), m2(mean.size());
+        moments acc;
         std::vector<const T*> rows;
         if (row_blocks) {  // blocks of rows: the statistics of each, then one sweep for all of them
             constexpr int NB = 2;
@@ -905,15 +991,9 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
             });
             flush();
         } else for_range(K, kb, ke, [&](const offsets& kk) {
-            std::fill(acc.begin(), acc.end(), moments{});
-            if (inner.reduced) {
-                runs_moments<Rms>(R, 0, nr, x + kk.x, n, inner.sx, acc[0], rows);
-            } else {
-                const double count =
-                    column_moments<Rms>(R, 0, nr, x + kk.x, n, inner.sx, mean.data(), m2.data(), rows, stream);
-                for (index_t j = 0; j < n; ++j) acc[j].template merge<Rms>(count, mean[j], m2[j]);
-            }
-            for (index_t j = 0; j < per_k; ++j) known(kk.stat + j * ss, acc[j], kk.param + j * inner.sparam);
+            acc = moments{};
+            runs_moments<Rms>(R, 0, nr, x + kk.x, n, inner.sx, acc, rows);
+            known(kk.stat, acc, kk.param);
             apply_rows_of<T>(stream, R, 0, nr, inner, x + kk.x, y + kk.y, k.mu + kk.stat, k.sc + kk.stat,
                              k.sh + kk.stat, g ? g + kk.param : nullptr, bt ? bt + kk.param : nullptr);
         });
@@ -990,7 +1070,7 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     // (Unless they form one flat run per row: flat_runs.)
     const loop_dim& run = d.fused ? p.fused.back() : p.apply.back();
     if (!d.grouped_columns && !d.group_blocks && run.reduced && run.extent < 256 && !d.flat_runs) d.stream = false;
-    d.pipelined = detail::pipelined_rows(p, d.fused, d.stream);
+    d.pipelined = detail::pipelined_rows(p, d.fused, d.stream) || detail::pipelined_columns(p, d.fused, d.stream, d.threads);
     return d;
 }
 
@@ -1012,13 +1092,20 @@ inline std::string explain(const plan& p, const decision& d) {
     else
         s += "vector loop: " + inner.name.str() + (inner.sx == 1 ? " (contiguous" : " (strided: scalar") +
              std::string(inner.reduced ? ", reduced: one statistic per run)" : ", kept: one statistic per lane)") + "\n";
+    const std::string pipelined_columns =
+        ", pipelined: a block of rows at a time, the previous kept index's rows normalized (its x from cache) while the "
+        "same rows of the next are asked for, whose column moments follow (x read once; reads and streaming stores at once)";
     if (d.grouped_columns)
         s += "sweeps: per kept index, per-channel column moments over the reduced rows, merged per group, then "
-             "y = x * scale_c + shift_c (a second read of x, from cache when a kept index's data fits in 1 MiB)\n";
+             "y = x * scale_c + shift_c" +
+             (d.pipelined ? pipelined_columns : std::string(" (a second read of x, from cache when a kept index's data fits in 1 MiB)")) +
+             "\n";
     else if (d.group_blocks)
         s += "sweeps: per block of " + loops[loops.size() - 2].name.str() + " (its data within 256 KiB): the moments of each " +
              loops[loops.size() - 2].name.str() + "'s short runs, then each row's span of the block as one flat run (x read once, "
              "y written in order)\n";
+    else if (d.pipelined && !inner.reduced)
+        s += "sweeps: fused per kept index" + pipelined_columns + "\n";
     else if (d.pipelined)
         s += "sweeps: fused per kept index, pipelined: its normalize sweep (its x from cache) is also the next kept index's "
              "runs read for its statistics (x read once; reads and streaming stores at once)\n";
