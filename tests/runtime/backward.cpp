@@ -540,3 +540,50 @@ TEST_CASE("out of cache: the streaming-store kernels (aligning heads, flat colum
         check(streamed_nchw<7, 7>{}, 97, 49, [](std::size_t i) { return (i / 49) % 97; });
     }
 }
+
+TEST_CASE("out of cache, channels-last InstanceNorm and GroupNorm backward pipelines its samples: same values as on NCHW") {
+    // x, dy and dx together past half the last-level cache (dx streams), four samples or more per
+    // thread: the previous sample's dx over a block of rows while the same block of the next
+    // sample is asked for, whose sums follow. Checked against the same norm on the NCHW transpose
+    // (the rows kernel, a kernel of its own): dx, dgamma and dbeta, at 1e4 + N(0,1) with a sorted
+    // ramp and outliers first in a later sample, 37 channels (rows start anywhere in a vector)
+    // and 333 (groups of 9), dx one value past a vector boundary; float and double.
+    auto check = [](auto spec, auto type, std::array<std::size_t, 3> hwc) {
+        using S = decltype(spec);
+        using E = decltype(type);
+        const std::size_t per = hwc[0] * hwc[1] * hwc[2];
+        const std::size_t samples = std::size_t(0.3 * engine::detail::llc_bytes() / double(sizeof(E) * per)) | 1;
+        const std::size_t total = samples * per;
+        CAPTURE(samples);
+        CAPTURE(sizeof(E));
+        REQUIRE(3.0 * double(total * sizeof(E)) > 0.5 * engine::detail::llc_bytes());
+        REQUIRE(samples >= 4);
+        const std::array<std::size_t, 4> shape{samples, hwc[0], hwc[1], hwc[2]};
+        xt::xtensor<E, 4> xh = xt::cast<E>(xt::reshape_view(th::randn({total}, 1e4, 1.0), shape));
+        xt::xtensor<E, 4> dyh = xt::cast<E>(xt::reshape_view(th::randn({total}), shape));
+        for (std::size_t i = 0; i < hwc[0] * hwc[1]; ++i) xh(3, i / hwc[1], i % hwc[1], 0) = E(1e4 + 0.01 * double(i));
+        for (std::size_t i = 64; i < 104; ++i) xh(3, i / hwc[1], i % hwc[1], hwc[2] - 1) += E(50);
+        xt::xtensor<E, 1> g = xt::cast<E>(th::randn({hwc[2]}, 1.0, 0.5)), b = xt::cast<E>(th::randn({hwc[2]}, 0.0, 0.5));
+        xt::xtensor<E, 4> x = xt::transpose(xh, {0, 3, 1, 2}), dy = xt::transpose(dyh, {0, 3, 1, 2});
+        std::vector<E> dxbuf(total + 64);
+        E* dxp = th::placed(dxbuf, 64, sizeof(E));
+        auto dxh = xt::adapt(dxp, total, xt::no_ownership(), shape);
+        const double tol = std::is_same_v<E, float> ? 2e-6 : 1e-10;
+        for (int t : {1, 2}) {
+            CAPTURE(t);
+            std::fill(dxbuf.begin(), dxbuf.end(), E(-7));
+            const auto rh = forward(S{}, named<N, H, W, C>(xh), gamma(g), beta(b), threads(t));
+            const auto gh = backward(S{}, named<N, H, W, C>(xh), dyh, rh, gamma(g), out(dxh), threads(t));
+            const auto r = forward(S{}, named<N, C, H, W>(x), gamma(g), beta(b), threads(t));
+            const auto gr = backward(S{}, named<N, C, H, W>(x), dy, r, gamma(g), threads(t));
+            CHECK(th::rel_err(dxh, xt::transpose(gr.dx, {0, 2, 3, 1})) < tol);
+            CHECK(th::rel_err(gh.dgamma, gr.dgamma) < 10 * tol);
+            CHECK(th::rel_err(gh.dbeta, gr.dbeta) < 10 * tol);
+            CHECK(dxbuf.front() == E(-7));  // nothing written before dx or past its end
+            CHECK(dxbuf.back() == E(-7));
+        }
+    };
+    check(instance_norm{}, float{}, {29, 31, 37});
+    check(instance_norm{}, double{}, {29, 31, 37});
+    check(group_norm<37>{}, float{}, {13, 11, 333});
+}

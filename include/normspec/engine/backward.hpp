@@ -16,6 +16,8 @@
 
 #include "forward.hpp"
 
+#include <optional>
+
 namespace normspec::engine {
 
 template <class T>
@@ -182,10 +184,11 @@ inline void lane_sums(const T* X, const T* DY, const offsets* rows, index_t coun
 /// the exact one): t1 = sum gy, t2 = sum gy * xhat, tg = sum dy * xhat, tb = sum dy and (tr not
 /// nullptr) the residue sum x - mean. gamma is constant down a lane, so only sum dy, sum
 /// dy * (x - mean) and sum (x - mean) are taken per element; per block of rows (the float sums
-/// of at most 64 rows, then double), row by row (lane_sums).
-template <class T>
+/// of at most 64 rows, then double), row by row (lane_sums). before(rows, count) runs before each
+/// block's sums (the pipeline of kept indices: the previous one's dx over the same rows).
+template <class T, class Before = no_block_work>
 void column_sums(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln, index_t r0, index_t r1, double* t1,
-                 double* t2, double* tg, double* tb, double* tr) {
+                 double* t2, double* tg, double* tb, double* tr, Before&& before = {}) {
     const index_t n = cx.inner.extent;
     const T* g = cx.a.gamma ? cx.a.gamma + kk.param : nullptr;  // along the lanes, step inner.sparam (0 or 1)
     const index_t sp = cx.inner.sparam;
@@ -197,6 +200,7 @@ void column_sums(const backward_context<T>& cx, const offsets& kk, const column_
     const index_t np = (n + simd::width<T> - 1) / simd::width<T> * simd::width<T>;
     std::vector<T> acc(std::size_t(3 * np));
     for_blocks(cx.R, r0, r1, column_block_rows(n), blocks, [](const offsets& r) { return r; }, [&](const offsets* rows, index_t count) {
+        before(rows, count);
         lane_sums(X, DY, rows, count, mh, n, np, acc.data(), sd.data(), sq.data(), sr.data());
     });
     for (index_t j = 0; j < n; ++j) {
@@ -248,15 +252,18 @@ struct dx_coefficients {
 
 /// dx over positions [b, e) of a flat run of n lanes (lane = position mod n): dx = a * dy +
 /// b * (x - mh) + c (dx_terms); with stream, streaming stores (no fence) and x and dy prefetched
-/// as non-temporal.
-template <class T>
-void flat_dx(bool stream, const T* X, const T* DY, T* DX, index_t b, index_t e, index_t n, const dx_coefficients<T>& c) {
+/// as non-temporal. With Next, the same positions of next_x and next_dy are asked for into L1
+/// along the way (the pipeline of kept indices: the next one's rows, whose sums follow).
+template <bool Next = false, class T>
+void flat_dx(bool stream, const T* X, const T* DY, T* DX, index_t b, index_t e, index_t n, const dx_coefficients<T>& c,
+             const T* next_x = nullptr, const T* next_dy = nullptr) {
     using V = simd::vec<T>;
     // captured by value, as the forward's kernels: through references, every pointer would be
     // reloaded after each (may-alias) vector store
     const T *mh = c.mh.data(), *ca = c.a.data(), *cb = c.b.data(), *cc = c.c.data();
     auto f = [=](auto load, index_t j) {
         if (stream) simd::prefetch_stream(X + load.i), simd::prefetch_stream(DY + load.i);
+        if constexpr (Next) __builtin_prefetch(next_x + load.i, 0, 3), __builtin_prefetch(next_dy + load.i, 0, 3);
         const V xc = load(X) - V::load_unaligned(mh + j);
         return xsimd::fma(load(DY), V::load_unaligned(ca + j), xsimd::fma(xc, V::load_unaligned(cb + j), V::load_unaligned(cc + j)));
     };
@@ -285,21 +292,34 @@ void flat_dx_runs(bool stream, const T* X, const T* DY, T* DX, index_t nruns, in
 
 /// dx for rows [r0, r1), row by row (memory read and written in order); rows that are contiguous
 /// in x, dy and dx (BatchNorm on NHWC) as one flat run, with streaming stores when asked for
+/// Whether a columns plan's rows lie back to back in x, dy and dx (BatchNorm, InstanceNorm and
+/// GroupNorm on NHWC): a kept index's rows form one flat run
+template <class T>
+inline bool flat_column_rows(const backward_context<T>& cx) {
+    const index_t n = cx.inner.extent;
+    return cx.R.size() == 1 && cx.R[0].sx == n && cx.R[0].sy == n && cx.R[0].sdy == n;
+}
+
+/// A kept index's dx coefficients per lane, repeated past n (dx_coefficients::wrapped), for flat_dx
+template <class T>
+dx_coefficients<T> flat_dx_coefficients(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln) {
+    const index_t n = cx.inner.extent;
+    const T* g = cx.a.gamma ? cx.a.gamma + kk.param : nullptr;
+    std::vector<T> ones;
+    if (!g || cx.inner.sparam == 0) ones.assign(std::size_t(n), g ? g[0] : T(1));
+    return dx_coefficients<T>(ln.mhi.data(), ln.mlo.data(), ln.rs.data(), ln.c1.data(), ln.c2.data(), ones.empty() ? g : ones.data(), n)
+        .wrapped(n);
+}
+
 template <class T>
 void column_dx(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln, index_t r0, index_t r1) {
     using V = simd::vec<T>;
     const index_t n = cx.inner.extent;
     const T* g = cx.a.gamma ? cx.a.gamma + kk.param : nullptr;
     const index_t sp = cx.inner.sparam;
-    if (cx.R.size() == 1 && cx.R[0].sx == n && cx.R[0].sy == n && cx.R[0].sdy == n) {
-        const T* X = cx.a.x.data + kk.x;
-        const T* DY = cx.a.dy.data + kk.dy;
-        std::vector<T> ones;
-        if (!g || sp == 0) ones.assign(std::size_t(n), g ? g[0] : T(1));
-        const auto c = dx_coefficients<T>(ln.mhi.data(), ln.mlo.data(), ln.rs.data(), ln.c1.data(), ln.c2.data(),
-                                          ones.empty() ? g : ones.data(), n)
-                           .wrapped(n);
-        flat_dx(cx.stream, X, DY, cx.a.dx.data + kk.y, r0 * n, r1 * n, n, c);
+    if (flat_column_rows(cx)) {
+        flat_dx(cx.stream, cx.a.x.data + kk.x, cx.a.dy.data + kk.dy, cx.a.dx.data + kk.y, r0 * n, r1 * n, n,
+                flat_dx_coefficients(cx, kk, ln));
         if (cx.stream) simd::fence();
         return;
     }
@@ -837,13 +857,27 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         };
         std::vector<double> t1, t2, tg, tb, residue;
         detail::column_lanes<T> lanes_state;
+        // Out of cache, with rows back to back and two kept indices or more per thread (InstanceNorm
+        // and GroupNorm on NHWC), the kept indices form a pipeline a block of rows at a time, as the
+        // forward's (columns_per_kept): the previous one's dx over a block, its x and dy from cache,
+        // while the same block of this one's x and dy is asked for, whose sums follow.
+        const bool pipelined = vector_columns && stream && detail::flat_column_rows(cx) && nk >= 2 * index_t(team);
+        std::optional<detail::dx_coefficients<T>> prev_dx;  // the previous kept index's (pipelined)
+        offsets prev{};
         auto columns_kernel = [&](const offsets& kk) {  // the two sweeps over all rows of this kept index
             lanes_state.init(cx, kk);
             for (auto* v : {&residue, &t1, &t2, &tg, &tb}) v->assign(std::size_t(n), 0.0);
             double* tr = cx.a.mean && !cx.a.constant_stats ? residue.data() : nullptr;
-            detail::column_sums(cx, kk, lanes_state, 0, nr, t1.data(), t2.data(), tg.data(), tb.data(), tr);
+            auto previous_block = [&](const offsets* rows, index_t count) {  // positions [rows[0].x, + count * n)
+                if (prev_dx)
+                    detail::flat_dx<true>(true, X + prev.x, DY + prev.dy, DX + prev.y, rows[0].x, rows[0].x + count * n, n, *prev_dx,
+                                          X + kk.x, DY + kk.dy);
+            };
+            detail::column_sums(cx, kk, lanes_state, 0, nr, t1.data(), t2.data(), tg.data(), tb.data(), tr, previous_block);
             lanes_state.finish(cx, kk, t1.data(), t2.data(), tg.data(), tb.data(), tr, dg, db);
-            detail::column_dx(cx, kk, lanes_state, 0, nr);
+            if (!pipelined) return detail::column_dx(cx, kk, lanes_state, 0, nr);
+            prev_dx = detail::flat_dx_coefficients(cx, kk, lanes_state);
+            prev = kk;
         };
         // rows whose parameters lie along them (LayerNorm, RMSNorm): blocks of rows share each
         // load and store of dgamma, dbeta and gamma; four rows with AVX-512's 32 registers, two
@@ -961,6 +995,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             });
         });
         if (nb) flush_rows();
+        if (prev_dx) detail::flat_dx(true, X + prev.x, DY + prev.dy, DX + prev.y, 0, nr * n, n, *prev_dx);  // the last one's dx alone
         if (pending) flush_params();
         if (stream) simd::fence();
         param_sums.write_in_team(a);
