@@ -369,7 +369,7 @@ def write_markdown(path, context, rows, command, cli, cases):
                   "the pipeline mostly does, and normspec's pipelined rows sit in between. Software prefetch of "
                   "the next slab or block of rows (forward planes, backward column sums and rows, the pipeline's next "
                   "row), and streaming stores for the LayerNorm backward's dx, measured no change beyond the noise; in the "
-                  "channels-last pipeline it is what overlaps the two: without it those blocks took 1.1-1.6x the time. "
+                  "channels-last pipeline it is what overlaps the two: without it those blocks took 1.45-1.59x the time on InstanceNorm (0.98-1.11x on GroupNorm). "
                   "The backward's rows stay in two phases: a hand-written sketch of the backward of rows without "
                   "parameters along them, pipelined (the sums of the next row's x and dy in the dx sweep of this one), "
                   "measured 0.63-0.86 of copy_nt against 0.70-0.87 in two phases (2048x3136, 4096x4096, 64x9216, one "
