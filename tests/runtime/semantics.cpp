@@ -483,17 +483,20 @@ TEST_CASE("streaming stores: decided by each thread's share of x and y; LayerNor
 }
 
 namespace {
-/// Spec S forward on E data laid out as Ax... (samples first; the channels, which gamma and beta
-/// span, at axis `channel`), N as large as count_for(one sample's floats) makes it, at values
+/// Spec S forward on E data laid out as Ax... (samples, or rows, first; the axis gamma and beta
+/// span at `channel`), N as large as count_for(one sample's floats) makes it, at values
 /// 1e4 + N(0,1) that edit(x) then changes: y and rstd against the float64 reference at one and
 /// two threads, y one value past a vector boundary, nothing written before or after it.
-template <class S, class E, class... Ax, class CountFor, class Edit>
-void check_streamed_forward(std::array<std::size_t, 3> sample, std::size_t channel, long groups, CountFor&& count_for, Edit&& edit) {
-    const std::size_t per = sample[0] * sample[1] * sample[2], n = count_for(per * sizeof(E) / sizeof(float)), total = n * per;
-    const std::array<std::size_t, 4> shape{n, sample[0], sample[1], sample[2]};
+template <class S, class E, class... Ax, std::size_t R, class CountFor, class Edit>
+void check_streamed_forward(std::array<std::size_t, R> sample, std::size_t channel, long groups, CountFor&& count_for, Edit&& edit) {
+    std::size_t per = 1;
+    for (std::size_t e : sample) per *= e;
+    const std::size_t n = count_for(per * sizeof(E) / sizeof(float)), total = n * per;
+    std::array<std::size_t, R + 1> shape{n};
+    std::copy(sample.begin(), sample.end(), shape.begin() + 1);
     CAPTURE(shape);
     CAPTURE(sizeof(E));
-    xt::xtensor<E, 4> x = xt::cast<E>(xt::reshape_view(th::randn({total}, 1e4, 1.0), shape));
+    xt::xtensor<E, R + 1> x = xt::cast<E>(xt::reshape_view(th::randn({total}, 1e4, 1.0), shape));
     edit(x);
     xt::xarray<E> g = xt::cast<E>(th::randn({shape[channel]}, 1.0, 0.5)), bt = xt::cast<E>(th::randn({shape[channel]}, 0.0, 0.5));
     const auto want = ref::norm(describe<S>(), {Ax::name...}, xt::cast<double>(x), xt::cast<double>(g),
@@ -540,9 +543,11 @@ TEST_CASE("out of cache, each kept index's normalize sweep takes the next one's 
         CHECK(engine::explain(p, d).find("the next kept index's runs read for its statistics") != std::string::npos);
         const auto small = plan_for<plain>({"T", "D"}, {64, 1024}, false);
         CHECK_FALSE(engine::decide<float>(small.p, small.size, 1, 0, false, false).pipelined);  // in cache: no streaming
-        // gamma and beta along the rows: two sweeps per row (see pipelined_rows)
+        // gamma and beta along the rows: a chunk at a time (pipelined_parameter_rows, tested below)
         const auto ln = plan_for<layer_norm>({"T", "D"}, {engine::index_t(rows), 1024}, true);
-        CHECK_FALSE(engine::decide<float>(ln.p, ln.size, 1, 0, false, false).pipelined);
+        const auto dl = engine::decide<float>(ln.p, ln.size, 1, 0, false, false);
+        CHECK(dl.pipelined);
+        CHECK(engine::explain(ln.p, dl).find("the same chunk of the next row is asked for") != std::string::npos);
         const auto planes = plan_for<batch_norm>({"N", "C", "H", "W"}, {engine::index_t(count_for(97 * 49)), 97, 7, 7}, false);
         CHECK_FALSE(engine::decide<float>(planes.p, planes.size, 1, 0, false, false).pipelined);  // not fused
         // the cases below
@@ -571,6 +576,36 @@ TEST_CASE("out of cache, each kept index's normalize sweep takes the next one's 
     run(batch_norm{}, float{}, {16, 17, 19}, 0, [](auto&) {});
     // rms over each plane, gamma per channel (folded): the sums of squares taken in the pipeline
     run(norm<reduce<H, W>, scale<C>, rms>{}, float{}, {3, 33, 35}, 0, ramp_and_outliers);
+}
+
+TEST_CASE("out of cache, rows with gamma and beta along them form a pipeline a chunk at a time") {
+    // LayerNorm, RMSNorm and a centred norm with gamma only, on rows whose x and y together pass
+    // the streaming threshold at one and two threads: the previous row's chunk is normalized while
+    // the same chunk of the next row is asked for, whose moments follow. Same values as the float64
+    // reference: rows of 1031 values (each row at its own offset from a vector boundary) and of
+    // 4100 (two whole chunks and a short one), values at 1e4 + N(0,1) with a sorted ramp and
+    // outliers first in a later row (second passes in a chunk), y one value past a vector
+    // boundary; float and double.
+    const double bytes = 0.8 * engine::detail::llc_bytes();
+    auto count_for = [&](std::size_t per) { return std::size_t(bytes / double(2 * sizeof(float) * per)) | 1; };
+    auto run = [&](auto spec, auto type, std::size_t width) {
+        using S = decltype(spec);
+        using E = decltype(type);
+        CAPTURE(width);
+        {
+            const std::size_t rows = count_for(width * sizeof(E) / sizeof(float));
+            const auto [p, size] = plan_for<S>({"T", "D"}, {engine::index_t(rows), engine::index_t(width)}, true);
+            CHECK(engine::decide<E>(p, size, 1, 0, false, false).pipelined);
+        }
+        check_streamed_forward<S, E, T, D>(std::array<std::size_t, 1>{width}, 1, 0, count_for, [&](auto& x) {
+            for (std::size_t i = 0; i < width; ++i) x(5, i) = E(1e4 + 0.01 * double(i));  // sorted ramp
+            for (std::size_t i = 0; i < 40; ++i) x(6, i) += E(50);                       // outliers first
+        });
+    };
+    for (std::size_t width : {1031, 4100}) run(layer_norm{}, float{}, width);
+    run(layer_norm{}, double{}, 4100);
+    run(rms_norm{}, float{}, 4100);
+    run(norm<reduce<D>, scale<D>>{}, float{}, 1031);
 }
 
 TEST_CASE("out of cache, channels-last kept indices form a pipeline a block of rows at a time") {

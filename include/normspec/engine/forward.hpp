@@ -429,6 +429,45 @@ inline void apply_run_summing(const T* x, T* y, index_t n, const T* mu, const T*
     }
 }
 
+/// Rows with parameters along them (LayerNorm, RMSNorm, LayerNorm over C, H, W), fused, with
+/// streaming stores: one thread's kept indices K[kb, ke) as a pipeline a chunk at a time. The
+/// previous row's chunk is normalized (its x from cache, gamma and beta along it) while the same
+/// chunk of this row is asked for into L1, whose moments follow (accumulate_chunk: the chunks of
+/// accumulate_run, so the same values); the last row's sweep runs alone. Against two rows at a
+/// time in two sweeps each (apply_rows), old and new engines in one process, both built with
+/// -falign-loops=64, each in both places: LayerNorm 4096x4096 0.73-0.82 of the time (one and two
+/// threads), 2048x1024 0.29-0.91 (one thread; at two it does not stream) and 32x200704 (LayerNorm
+/// over C, H, W) 0.77-0.88. (Reading the next row in the normalize loop itself, without the
+/// prefetch, measured slower than two sweeps: pipelined_rows.)
+template <bool Rms, class T, class Known>
+void pipelined_parameter_rows(const loop_dims& K, index_t kb, index_t ke, index_t n, const T* x, T* y, const coefficients<T>& k,
+                              const T* g, const T* bt, Known&& known) {
+    offsets prev{};
+    bool first = true;
+    for_range(K, kb, ke, [&](const offsets& kk) {
+        moments m;
+        const T* nx = x + kk.x;
+        for (index_t b = 0; b < n; b += chunk) {
+            const index_t len = std::min(chunk, n - b);
+            const T* p = nx + b;
+            if (!first)
+                with_run_op(x + prev.x + b, k.mu + prev.stat, k.sc + prev.stat, k.sh + prev.stat, g + prev.param + b,
+                            bt ? bt + prev.param + b : nullptr, 1, [&](auto op) {
+                                simd::for_each_store<true>(y + prev.y + b, len, [=](auto load) {
+                                    __builtin_prefetch(p + load.i, 0, 3);
+                                    return op(load);
+                                });
+                            });
+            accumulate_chunk<Rms>(&p, 1, len, m);
+        }
+        known(kk.stat, m, kk.param);
+        prev = kk, first = false;
+    });
+    if (!first)  // the last row's sweep alone
+        apply_run<true>(x + prev.x, y + prev.y, n, 1, 1, k.mu + prev.stat, k.sc + prev.stat, k.sh + prev.stat, 0, g + prev.param,
+                        bt ? bt + prev.param : nullptr, 1);
+}
+
 /// NB rows that share their parameters along the row (LayerNorm, RMSNorm): one sweep loads each
 /// vector of gamma and beta once for all NB rows, which halves the loads per element; row r has
 /// coefficients mu[r], sc[r], sh[r]. With Stream, the caller has every row's y + head on a vector
@@ -721,11 +760,14 @@ inline bool group_blocks(const plan& p) {
 /// LayerNorm over C, H, W) the same sweep measured 0.46-0.66, slower than two sweeps: its loads
 /// of gamma, beta and the row in cache come from L2 while the next row comes from memory; two
 /// rows at a time sharing those loads (as the two sweeps do), pipelined measured 0.62-0.80 against
-/// 0.65-0.79 in two sweeps (hand-written, three runs).
+/// 0.65-0.79 in two sweeps (hand-written, three runs). Those rows (gamma and beta along a row
+/// that is the whole run) pipeline a chunk at a time instead, the next row's chunk asked for into
+/// L1 (pipelined_parameter_rows).
 inline bool pipelined_rows(const plan& p, bool fused, bool stream) {
     if (!fused || !stream || grouped_columns(p) || group_blocks(p)) return false;
     const loop_dim& inner = p.fused.back();
-    return inner.reduced && inner.sx == 1 && inner.sy == 1 && (inner.sparam == 0 || p.fold);
+    return inner.reduced && inner.sx == 1 && inner.sy == 1 &&
+           (inner.sparam == 0 || p.fold || (inner.sparam == 1 && outer_of(p.fused, 1).R.empty()));
 }
 
 /// GroupNorm on channels-last data (grouped_columns): a row's channels, all groups' members, as
@@ -919,6 +961,11 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
             if (stream) simd::fence();
             return;
         }
+        if (row_blocks && stream) {
+            pipelined_parameter_rows<Rms>(K, kb, ke, n, x, y, k, g, bt, known);
+            simd::fence();
+            return;
+        }
         if (pipelined) {  // kept index kk's moments taken in the normalize sweep of the one before it
             // f(x offset, y offset, parameter offset) for each run of a kept index
             auto runs = [&](auto&& f) {
@@ -1106,6 +1153,10 @@ inline std::string explain(const plan& p, const decision& d) {
              "y written in order)\n";
     else if (d.pipelined && !inner.reduced)
         s += "sweeps: fused per kept index" + pipelined_columns + "\n";
+    else if (d.pipelined && inner.sparam == 1 && !p.fold)
+        s += "sweeps: fused per kept index, pipelined: a chunk of " + std::to_string(chunk) +
+             " values at a time, the previous row's chunk normalized (its x from cache, gamma and beta along it) while the "
+             "same chunk of the next row is asked for, whose moments follow (x read once; reads and streaming stores at once)\n";
     else if (d.pipelined)
         s += "sweeps: fused per kept index, pipelined: its normalize sweep (its x from cache) is also the next kept index's "
              "runs read for its statistics (x read once; reads and streaming stores at once)\n";
