@@ -290,8 +290,6 @@ void flat_dx_runs(bool stream, const T* X, const T* DY, T* DX, index_t nruns, in
         simd::for_each_run_store<false>(DX, nruns, len, 1, coefs, f);
 }
 
-/// dx for rows [r0, r1), row by row (memory read and written in order); rows that are contiguous
-/// in x, dy and dx (BatchNorm on NHWC) as one flat run, with streaming stores when asked for
 /// Whether a columns plan's rows lie back to back in x, dy and dx (BatchNorm, InstanceNorm and
 /// GroupNorm on NHWC): a kept index's rows form one flat run
 template <class T>
@@ -311,6 +309,8 @@ dx_coefficients<T> flat_dx_coefficients(const backward_context<T>& cx, const off
         .wrapped(n);
 }
 
+/// dx for rows [r0, r1), row by row (memory read and written in order); rows that are contiguous
+/// in x, dy and dx (BatchNorm, InstanceNorm and GroupNorm on NHWC) as one flat run, with streaming stores when asked for
 template <class T>
 void column_dx(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln, index_t r0, index_t r1) {
     using V = simd::vec<T>;

@@ -470,14 +470,10 @@ void pipelined_parameter_rows(const loop_dims& K, index_t kb, index_t ke, index_
 
 /// NB rows that share their parameters along the row (LayerNorm, RMSNorm): one sweep loads each
 /// vector of gamma and beta once for all NB rows, which halves the loads per element; row r has
-/// coefficients mu[r], sc[r], sh[r]. With Stream, the caller has every row's y + head on a vector
-/// boundary: the first head values go out with plain (masked) stores, the whole vectors after
-/// them with streaming stores, the tail plainly again (the plain stores fill lines of their own:
-/// the row's first line is the previous row's tail and this head, its last this tail and the
-/// next head).
-template <int NB, bool Stream = false, class T>
-inline void apply_rows(const T* const* x, T* const* y, index_t n, const T* mu, const T* sc, const T* sh, const T* g, const T* bt,
-                       index_t head = 0) {
+/// coefficients mu[r], sc[r], sh[r]. Stores through the cache: rows whose y streams take
+/// pipelined_parameter_rows.
+template <int NB, class T>
+inline void apply_rows(const T* const* x, T* const* y, index_t n, const T* mu, const T* sc, const T* sh, const T* g, const T* bt) {
     using V = simd::vec<T>;
     constexpr index_t L = simd::width<T>;
     V m[NB], a[NB], c[NB];
@@ -492,19 +488,13 @@ inline void apply_rows(const T* const* x, T* const* y, index_t n, const T* mu, c
             simd::store_first(yr[r] + i, t, xsimd::fma(xsimd::fma(simd::load_first(xr[r] + i, t) - m[r], a[r], c[r]), gv, bv));
     };
     index_t i = 0;
-    if (Stream && head > 0) part(0, std::min(head, n)), i = std::min(head, n);
     // x, gamma and beta a group of A vectors ahead: every load of a group is issued before the
     // stores of the group before it, so a y (or gamma) just past x modulo 4 KiB does not stall
     // each load on an earlier store to the same page offset (2048x1024, one thread, y 64 bytes
-    // past x, one vector ahead against none: 1.4x faster). Streaming stores hold such a load
-    // back longer: four vectors ahead with AVX-512 (standalone, y 96-112 bytes past x: 1.5-1.7x
-    // faster than one). With AVX2's 16 registers the two groups of four (x of both rows, gamma,
-    // beta: 32 vectors) spill to the stack in the loop, and one vector ahead measured 0.28-0.46
-    // of the time (LayerNorm 2048x1024 and 4096x4096 at one thread, warm and after a 64 MiB sweep,
-    // standalone, x and y on 4 KiB boundaries), two vectors 1.2-1.6x one's time out of cache.
-    // Loads of every row come before any store too: with rows 4 KiB apart, a store to one row's
-    // y would stall the next row's load at the same page offset.
-    constexpr int A = Stream && simd::registers >= 32 ? 4 : 1;
+    // past x, one vector ahead against none: 1.4x faster). Loads of every row come before any
+    // store too: with rows 4 KiB apart, a store to one row's y would stall the next row's load at
+    // the same page offset.
+    constexpr int A = 1;
     struct group {
         V x[NB][A], g[A], b[A];
     };
@@ -529,7 +519,7 @@ inline void apply_rows(const T* const* x, T* const* y, index_t n, const T* mu, c
 #pragma GCC unroll 4
         for (int k = 0; k < A; ++k)
 #pragma GCC unroll 4
-            for (int r = 0; r < NB; ++r) simd::store<Stream>(yr[r] + i + k * L, v.x[r][k]);
+            for (int r = 0; r < NB; ++r) v.x[r][k].store_unaligned(yr[r] + i + k * L);
     }
     for (; i + L <= n; i += L) {  // the whole vectors after the last group
         const V gv = V::load_unaligned(g + i), bv = bt ? V::load_unaligned(bt + i) : V(T(0));
@@ -537,7 +527,7 @@ inline void apply_rows(const T* const* x, T* const* y, index_t n, const T* mu, c
 #pragma GCC unroll 4
         for (int r = 0; r < NB; ++r) v[r] = xsimd::fma(xsimd::fma(V::load_unaligned(xr[r] + i) - m[r], a[r], c[r]), gv, bv);
 #pragma GCC unroll 4
-        for (int r = 0; r < NB; ++r) simd::store<Stream>(yr[r] + i, v[r]);
+        for (int r = 0; r < NB; ++r) v[r].store_unaligned(yr[r] + i);
     }
     if (i < n) part(i, n - i);
 }
@@ -1004,25 +994,12 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
             T mu[NB], sc[NB], sh[NB];
             int nb = 0;
             const T* g0 = nullptr;
-            auto flush = [&] {
+            auto flush = [&] {  // through the cache: streaming rows took pipelined_parameter_rows
                 const T* b0 = bt ? bt + (g0 - g) : nullptr;
-                if (!stream) {
-                    if (nb == NB)
-                        apply_rows<NB>(xs, ys, n, mu, sc, sh, g0, b0);
-                    else  // the last, partial block: row by row
-                        for (int r = 0; r < nb; ++r) apply_rows<1>(xs + r, ys + r, n, mu + r, sc + r, sh + r, g0, b0);
-                } else {  // streaming stores from each row's first vector boundary on
-                    const index_t head = simd::stream_head(ys[0], n);
-                    bool same = nb == NB;  // every row of the block that far from a vector boundary
-                    for (int r = 1; r < nb; ++r)
-                        same = same && (reinterpret_cast<std::uintptr_t>(ys[r]) - reinterpret_cast<std::uintptr_t>(ys[0])) %
-                                           (simd::width<T> * sizeof(T)) == 0;
-                    if (same)
-                        apply_rows<NB, true>(xs, ys, n, mu, sc, sh, g0, b0, head);
-                    else
-                        for (int r = 0; r < nb; ++r)
-                            apply_rows<1, true>(xs + r, ys + r, n, mu + r, sc + r, sh + r, g0, b0, simd::stream_head(ys[r], n));
-                }
+                if (nb == NB)
+                    apply_rows<NB>(xs, ys, n, mu, sc, sh, g0, b0);
+                else  // the last, partial block: row by row
+                    for (int r = 0; r < nb; ++r) apply_rows<1>(xs + r, ys + r, n, mu + r, sc + r, sh + r, g0, b0);
                 nb = 0;
             };
             for_range(K, kb, ke, [&](const offsets& kk) {
