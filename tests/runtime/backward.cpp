@@ -587,3 +587,73 @@ TEST_CASE("out of cache, channels-last InstanceNorm and GroupNorm backward pipel
     check(instance_norm{}, double{}, {29, 31, 37});
     check(group_norm<37>{}, float{}, {13, 11, 333});
 }
+
+TEST_CASE("out of cache, LayerNorm-type rows backward pipelines its rows a chunk at a time: the float64 reference") {
+    // Rows with gamma along them whose x, dy and dx together pass half the last-level cache (dx
+    // streams), four rows or more per thread: the previous row's dx over a chunk (with its dgamma
+    // and dbeta) while the same chunk of the next row is asked for, whose sums follow. Against
+    // dx, dgamma and dbeta in float64 from the same values: rows of 1031 values (each row at its
+    // own offset from a vector boundary) and of 4100 (two whole chunks and a short one), values at
+    // 1e4 + N(0,1) with a sorted ramp and outliers first in later rows, dx one value past a vector
+    // boundary with sentinels around it; LayerNorm in float and double, RMSNorm, a centred norm
+    // with gamma only; one and two threads.
+    auto check = [](auto spec, auto type, std::size_t d) {
+        using S = decltype(spec);
+        using E = decltype(type);
+        const std::size_t rows = std::size_t(0.3 * engine::detail::llc_bytes() / double(sizeof(E) * d)) | 1, total = rows * d;
+        CAPTURE(d);
+        CAPTURE(sizeof(E));
+        REQUIRE(3.0 * double(total * sizeof(E)) > 0.5 * engine::detail::llc_bytes());
+        REQUIRE(rows >= 8);
+        const std::array<std::size_t, 2> shape{rows, d};
+        xt::xtensor<E, 2> x = xt::cast<E>(xt::reshape_view(th::randn({total}, 1e4, 1.0), shape));
+        xt::xtensor<E, 2> dy = xt::cast<E>(xt::reshape_view(th::randn({total}), shape));
+        for (std::size_t i = 0; i < d; ++i) x(5, i) = E(1e4 + 0.01 * double(i));  // sorted ramp
+        for (std::size_t i = 0; i < 40; ++i) x(6, i) += E(50);                       // outliers first
+        xt::xtensor<E, 1> g = xt::cast<E>(th::randn({d}, 1.0, 0.5)), b = xt::cast<E>(th::randn({d}, 0.0, 0.5));
+        // float64 reference, row by row
+        xt::xtensor<double, 2> want_dx = xt::zeros<double>(shape);
+        xt::xtensor<double, 1> want_dg = xt::zeros<double>({d}), want_db = xt::zeros<double>({d});
+        std::vector<double> xh(d);
+        for (std::size_t r = 0; r < rows; ++r) {
+            double mean = 0, var = 0, mgy = 0, mgx = 0;
+            if constexpr (!S::is_rms)
+                for (std::size_t i = 0; i < d; ++i) mean += double(x(r, i)) / double(d);
+            for (std::size_t i = 0; i < d; ++i) var += std::pow(double(x(r, i)) - mean, 2) / double(d);
+            const double rstd = 1.0 / std::sqrt(var + 1e-5);
+            for (std::size_t i = 0; i < d; ++i) {
+                xh[i] = (double(x(r, i)) - mean) * rstd;
+                const double gy = double(dy(r, i)) * double(g(i));
+                mgy += gy / double(d), mgx += gy * xh[i] / double(d);
+                want_dg(i) += double(dy(r, i)) * xh[i], want_db(i) += double(dy(r, i));
+            }
+            for (std::size_t i = 0; i < d; ++i)
+                want_dx(r, i) = rstd * (double(dy(r, i)) * double(g(i)) - (S::is_rms ? 0.0 : mgy) - xh[i] * mgx);
+        }
+        std::vector<E> dxbuf(total + 64);
+        E* dxp = th::placed(dxbuf, 64, sizeof(E));
+        auto dx = xt::adapt(dxp, total, xt::no_ownership(), shape);
+        const double tol = std::is_same_v<E, float> ? 1e-6 : 1e-10;  // measured: 2.4e-7 and 1.7e-11
+        for (int t : {1, 2}) {
+            CAPTURE(t);
+            std::fill(dxbuf.begin(), dxbuf.end(), E(-7));
+            const auto fw = [&] {
+                if constexpr (S::has_beta)
+                    return forward(S{}, named<T, D>(x), gamma(g), beta(b), threads(t));
+                else
+                    return forward(S{}, named<T, D>(x), gamma(g), threads(t));
+            }();
+            const auto got = backward(S{}, named<T, D>(x), dy, fw, gamma(g), out(dx), threads(t));
+            CHECK(th::rel_err(dx, want_dx) < tol);
+            CHECK(th::rel_err(got.dgamma, want_dg) < 2 * tol);
+            if constexpr (S::has_beta) CHECK(th::rel_err(got.dbeta, want_db) < 2 * tol);
+            CHECK(dxbuf.front() == E(-7));  // nothing written before dx or past its end
+            CHECK(dxbuf.back() == E(-7));
+        }
+    };
+    check(layer_norm{}, float{}, 1031);
+    check(layer_norm{}, float{}, 4100);
+    check(layer_norm{}, double{}, 4100);
+    check(rms_norm{}, float{}, 4100);
+    check(norm<reduce<D>, scale<D>>{}, float{}, 1031);
+}

@@ -344,14 +344,17 @@ struct run_sums {
     index_t param = 0;
 };
 
-template <class T>
-inline run_sums sums_of_run(const T* x, const T* dy, index_t n, T mt) {
+/// sums_of_run with g (nullptr: none) along the run: d = sum gy, q = sum gy * (x - mt) with gy =
+/// dy * g (the pipelined rows of LayerNorm and RMSNorm: a chunk at a time)
+template <bool G, class T>
+inline run_sums sums_of_run(const T* x, const T* dy, const T* g, index_t n, T mt) {
     using V = simd::vec<T>;
     constexpr index_t L = simd::width<T>;
     const V m(mt);
     V ad[2] = {V(T(0)), V(T(0))}, aq[2] = {ad[0], ad[0]}, ar[2] = {ad[0], ad[0]};
-    auto step = [&]<bool Tail>(int c, index_t i, index_t t) {
-        const V d = load_at<Tail>(dy, i, t);
+    auto step = [&]<bool Tail>(int c, index_t i, index_t t) __attribute__((always_inline)) {
+        V d = load_at<Tail>(dy, i, t);
+        if constexpr (G) d *= load_at<Tail>(g, i, t);
         V xc = load_at<Tail>(x, i, t) - m;
         if constexpr (Tail) xc = xsimd::select(simd::lanes_below<T>(t), xc, V(T(0)));  // lanes past the run
         ad[c] += d;
@@ -365,10 +368,33 @@ inline run_sums sums_of_run(const T* x, const T* dy, index_t n, T mt) {
     return {double(xsimd::hadd(ad[0] + ad[1])), double(xsimd::hadd(aq[0] + aq[1])), double(xsimd::hadd(ar[0] + ar[1])), 0};
 }
 
+template <class T>
+inline run_sums sums_of_run(const T* x, const T* dy, index_t n, T mt) {
+    return sums_of_run<false>(x, dy, static_cast<const T*>(nullptr), n, mt);
+}
+
 /// What one row normalized with (mean as a pair hi + lo, rstd) and its dx coefficients.
 template <class T>
 struct row_coefficients {
     T mhi = 0, mlo = 0, rs = 0, c1 = 0, c2 = 0;
+    /// The dx coefficients from the row's sums about the saved mean mhi: s1 = sum gy, s2 = sum
+    /// gy * xhat' (xhat' = (x - mhi) * rs), s3 = sum (x - mhi). With exact (batch statistics with
+    /// a saved mean) the mean moves to the exact one, mhi + s3 / N, as a pair, and s2 with it;
+    /// returns that shift of xhat, delta * rs, which sums of dy * xhat' over-count per dy.
+    /// constant (running statistics): c1 = c2 = 0; rms: c1 = 0.
+    T finish(double s1, double s2, double s3, bool exact, bool rms, bool constant, double inv_n) {
+        double k = 0;
+        if (exact) {
+            const mean_shift m(double(mhi), s3, inv_n);
+            k = m.delta * double(rs);
+            s2 = m.shifted(s2, s1, double(rs));
+            const mean_pair<T> p(m.mean);
+            mhi = p.hi, mlo = p.lo;
+        }
+        c1 = rms || constant ? T(0) : T(s1 * inv_n);
+        c2 = constant ? T(0) : T(s2 * inv_n);
+        return T(k);
+    }
 };
 
 /// NB rows whose parameters lie along the row (LayerNorm, RMSNorm), in one sweep, about each
@@ -632,6 +658,67 @@ void rows_dx(const T* const* xp, const T* const* dyp, T* const* dxp, index_t n, 
         sweep.template operator()<true>();
     else
         sweep.template operator()<false>();
+}
+
+/// dx of one row's chunk of len values whose parameters lie along it (coefficients rc; gamma g,
+/// nullptr: none), with streaming stores (no fence); with Params, the chunk's dy * xhat and dy
+/// added to pg and pb in the same sweep; with Next, the same chunk of the next row, nx and ndy,
+/// asked for into L1 along the way (pipelined_parameter_rows).
+template <bool Next, bool Params, class T>
+void row_dx_chunk(const T* x, const T* dy, T* dx, index_t len, const row_coefficients<T>& rc, const T* g, T* pg, T* pb,
+                  const T* nx, const T* ndy) {
+    using V = simd::vec<T>;
+    const V mh(rc.mhi), ml(rc.mlo), rs(rc.rs), c1(rc.c1), c2(rc.c2);
+    simd::for_each_store<true>(dx, len, [=](auto load) __attribute__((always_inline)) {  // by value, as flat_dx's
+        if constexpr (Next) __builtin_prefetch(nx + load.i, 0, 3), __builtin_prefetch(ndy + load.i, 0, 3);
+        const V xh = ((load(x) - mh) - ml) * rs, d = load(dy);
+        if constexpr (Params) load.store(pg, xsimd::fma(d, xh, load(pg))), load.store(pb, load(pb) + d);
+        return xsimd::fnma(xh, c2, (g ? d * load(g) : d) - c1) * rs;
+    });
+}
+
+/// Rows whose parameters lie along them (LayerNorm, RMSNorm, LayerNorm over C, H, W) out of
+/// cache, dx streaming: one thread's kept indices K[kb, ke) as a pipeline a chunk at a time, as
+/// the forward's (engine::detail::pipelined_parameter_rows). Per chunk the previous row's dx is
+/// written (its x and dy from cache), with its dgamma and dbeta about the exact mean, while the
+/// same chunk of this row's x and dy is asked for into L1, whose sums about the saved mean follow
+/// (sums_of_run); the last row's dx runs alone. coefficients(kk) gives a row's saved mean and
+/// rstd; finish(rc, s1, s2, s3) its dx coefficients; param(kk) its dgamma and dbeta sums (nullptr:
+/// none), and done() follows each row's dx.
+template <class T, class Saved, class Finish, class Done>
+void pipelined_parameter_rows(const loop_dims& K, index_t kb, index_t ke, index_t n, const T* X, const T* DY, T* DX,
+                              const T* gamma, T* pg, T* pb, Saved&& saved, Finish&& finish, Done&& done) {
+    offsets prev{};
+    row_coefficients<T> pc;
+    bool first = true;
+    auto dx = [&]<bool Next>(index_t b, index_t len, const offsets& next) {
+        const T* g = gamma ? gamma + prev.param + b : nullptr;
+        const std::size_t o = std::size_t(prev.param + b);
+        if (pg)
+            row_dx_chunk<Next, true>(X + prev.x + b, DY + prev.dy + b, DX + prev.y + b, len, pc, g, pg + o, pb + o, X + next.x + b,
+                                     DY + next.dy + b);
+        else
+            row_dx_chunk<Next, false>(X + prev.x + b, DY + prev.dy + b, DX + prev.y + b, len, pc, g, pg, pb, X + next.x + b,
+                                      DY + next.dy + b);
+    };
+    for_range(K, kb, ke, [&](const offsets& kk) {
+        row_coefficients<T> rc = saved(kk);
+        const T* g = gamma ? gamma + kk.param : nullptr;
+        double s1 = 0, s2 = 0, s3 = 0;
+        for (index_t b = 0; b < n; b += chunk) {
+            const index_t len = std::min(chunk, n - b);
+            if (!first) dx.template operator()<true>(b, len, kk);
+            const run_sums s = g ? sums_of_run<true>(X + kk.x + b, DY + kk.dy + b, g + b, len, rc.mhi)
+                                 : sums_of_run<false>(X + kk.x + b, DY + kk.dy + b, g, len, rc.mhi);
+            s1 += s.d, s2 += s.q, s3 += s.r;
+        }
+        if (!first) done();
+        finish(rc, s1, s2 * double(rc.rs), s3);
+        pc = rc, prev = kk, first = false;
+    });
+    if (first) return;
+    for (index_t b = 0; b < n; b += chunk) dx.template operator()<false>(b, std::min(chunk, n - b), prev);  // the last row's alone
+    done();
 }
 
 }  // namespace detail
@@ -908,19 +995,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             // delta * rstd * sum gy here, and dgamma loses delta * rstd * dy in the dx sweep
             const bool exact_mean = a.mean && !a.constant_stats;
             T k[NB];
-            for (int r = 0; r < nb; ++r) {
-                double kr = 0;
-                if (exact_mean) {
-                    const detail::mean_shift m(double(rc[r].mhi), s3[r], inv_n);
-                    kr = m.delta * double(rc[r].rs);
-                    s2[r] = m.shifted(s2[r], s1[r], double(rc[r].rs));
-                    const detail::mean_pair<T> p(m.mean);
-                    rc[r].mhi = p.hi, rc[r].mlo = p.lo;
-                }
-                k[r] = T(kr);
-                rc[r].c1 = spec.rms || a.constant_stats ? T(0) : T(s1[r] * inv_n);
-                rc[r].c2 = a.constant_stats ? T(0) : T(s2[r] * inv_n);
-            }
+            for (int r = 0; r < nb; ++r) k[r] = rc[r].finish(s1[r], s2[r], s3[r], exact_mean, spec.rms, a.constant_stats, inv_n);
             const T* kp = exact_mean ? k : nullptr;
             detail::with_count<NB>(nb, [&]<int B>() { detail::rows_dx<B>(xs, dys, dxs, n, rc, g, kp, pg); });
             if ((pending += nb) >= 64) flush_params();
@@ -928,6 +1003,28 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         };
         const bool row_blocks = vector_rows && R.empty() && inner.sparam == 1;
         const auto [kb, ke] = split(nk, t, team);
+        if (row_blocks && stream && ke - kb >= 2) {
+            T* pg = dgT.empty() ? nullptr : dgT.data();
+            T* pb = dbT.empty() ? nullptr : dbT.data();
+            const bool exact_mean = a.mean && !a.constant_stats;
+            detail::pipelined_parameter_rows(
+                K, kb, ke, n, X, DY, DX, a.gamma, pg, pb,
+                [&](const offsets& kk) {
+                    detail::row_coefficients<T> rc;
+                    rc.mhi = a.mean ? a.mean[kk.stat] : T(0), rc.rs = a.rstd[kk.stat];
+                    return rc;
+                },
+                [&](detail::row_coefficients<T>& rc, double s1, double s2, double s3) {
+                    rc.finish(s1, s2, s3, exact_mean, spec.rms, a.constant_stats, inv_n);
+                },
+                [&] {
+                    if (++pending >= 64) flush_params();
+                });
+            if (pending) flush_params();
+            simd::fence();
+            param_sums.write_in_team(a);
+            return;
+        }
         for_range(K, kb, ke, [&](const offsets& kk) {
             if (row_blocks) {
                 if (nb > 0 && kk.param != block[0].param) flush_rows();  // parameters along kept axes too

@@ -124,15 +124,18 @@ inline void store_first(T* p, index_t n, const vec<T>& v) {
 }
 
 /// Loads of a run: `full` reads a whole vector at p + i; `first` only the run's last n values.
+/// store(p, v) writes v where the load read, through the cache.
 template <class T>
 struct full_load {
     index_t i;
     vec<T> operator()(const T* p) const { return vec<T>::load_unaligned(p + i); }
+    void store(T* p, const vec<T>& v) const { v.store_unaligned(p + i); }
 };
 template <class T>
 struct first_load {
     index_t i, n;
     vec<T> operator()(const T* p) const { return load_first(p + i, n); }
+    void store(T* p, const vec<T>& v) const { store_first(p + i, n, v); }
 };
 
 /// How many values a load reads
