@@ -437,9 +437,10 @@ TEST_CASE("short planes in wide rows (BatchNorm, InstanceNorm on NCHW with 7x7, 
     }
 }
 
-TEST_CASE("streaming stores: decided by each thread's share of x and y; LayerNorm and RMSNorm rows streamed give the same values") {
+TEST_CASE("streaming stores: decided by each thread's share of x and y, or all of it where kept indices pipeline; LayerNorm and RMSNorm rows streamed give the same values") {
     // x and y together past 3/8 of the last-level cache the engine reads but under 3/4 of it: one
-    // thread streams y, two threads (half each) store through the cache
+    // thread streams y; at two threads (half each) channels-last columns store through the cache,
+    // while rows and planes, whose kept indices then form a pipeline, stream
     auto rows_for = [](std::size_t width) {
         return std::size_t(0.375 * engine::detail::llc_bytes() / double(2 * sizeof(float) * width)) | 1;  // odd: a partial block
     };
@@ -449,8 +450,16 @@ TEST_CASE("streaming stores: decided by each thread's share of x and y; LayerNor
         const auto [p, size] = plan_for<layer_norm>({"T", "D"}, {engine::index_t(rows), engine::index_t(width)}, true);
         CHECK(engine::decide<float>(p, size, 1, 0, false, false).stream);
         const auto two = engine::decide<float>(p, size, 2, 0, false, false);
-        if (two.threads == 2) CHECK_FALSE(two.stream);
+        CHECK((two.stream && two.pipelined));
+        CHECK(engine::explain(p, two).find("x and y exceed 3/8 of the last-level cache, and the kept indices form a pipeline") != std::string::npos);
         CHECK_FALSE(engine::decide<float>(p, size, 1, 0, false, true).stream);  // in place: never
+        const auto planes = plan_for<instance_norm>({"N", "C", "H", "W"}, {engine::index_t(rows), 1, 1, engine::index_t(width)}, true);
+        const auto in2 = engine::decide<float>(planes.p, planes.size, 2, 0, false, false);
+        CHECK((in2.stream && in2.pipelined));
+        const auto cols = plan_for<batch_norm>({"N", "H", "W", "C"}, {engine::index_t(rows), 1, 1, engine::index_t(width)}, true);
+        CHECK(engine::decide<float>(cols.p, cols.size, 1, 0, false, false).stream);
+        const auto cols2 = engine::decide<float>(cols.p, cols.size, 2, 0, false, false);
+        if (cols2.threads == 2) CHECK_FALSE(cols2.stream);
     }
     // widths: every row at its own offset from a vector boundary (1031: row by row), all rows at
     // the same one (1024, and 256, the shortest rows that stream: blocks of rows stream together);

@@ -7,7 +7,7 @@
 //      parameters live on kept axes, so each element costs a subtract and a multiply-add:
 //      y = (x - mean) * scale + shift; otherwise ((x - mean) * rstd + shift) * gamma + beta.
 //      Outputs go out with streaming stores once each thread's share of x and y passes 3/8 of
-//      the last-level cache.
+//      the last-level cache (all of x and y, where the kept indices then form a pipeline).
 // Nothing here names an alias: the plan's loop dims are all the kernels see.
 #ifndef NORMSPEC_ENGINE_FORWARD_HPP
 #define NORMSPEC_ENGINE_FORWARD_HPP
@@ -1051,6 +1051,7 @@ struct decision {
     bool group_blocks = false;     // ... in blocks of groups with short runs, each row's span flat
     bool split_reduction = false;  // two sweeps with fewer kept indices than threads
     bool stream = false;           // streaming stores for y
+    bool stream_whole = false;     // ... for all of x and y past the threshold, not each thread's share (a pipeline)
     bool pipelined = false;        // fused: each kept index's normalize sweep takes the next one's moments
     bool use_running = false;      // evaluation with running statistics: no statistics sweep
     bool stats_in_order = false;   // unfused: the statistics of short runs in memory order (runs_statistics)
@@ -1087,13 +1088,21 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
         d.split_reduction = count_of(outer_of(p.fused, 2).K) < d.threads && d.threads > 1;
     else if (!d.fused && !use_running)
         d.split_reduction = count_of(outer_of(p.stats, 1).K) < d.threads && d.threads > 1;
-    d.stream = detail::stream_output(2.0 * double(total) * sizeof(T), d.threads) && !in_place;
+    // Where the kept indices form a pipeline once y streams (pipelined_rows: rows, planes, rows
+    // with gamma and beta along them), all of x and y past 3/8 of the last-level cache stream, at
+    // any thread count: at two threads, 16 MiB of x and y, LayerNorm 2048x1024 and BatchNorm and
+    // GroupNorm NCHW 8x256x32x32 measured 0.64-0.75 of the time of stores through the cache
+    // (channels-last columns 0.76-1.32: those keep each thread's share as the rule).
+    const double bytes = 2.0 * double(total) * sizeof(T);
+    d.stream_whole = !in_place && !detail::stream_output(bytes, d.threads) && detail::stream_output(bytes, 1) &&
+                     detail::pipelined_rows(p, d.fused, true);
+    d.stream = !in_place && (detail::stream_output(bytes, d.threads) || d.stream_whole);
     // Short reduced runs (BatchNorm's 7x7 planes) would start and end every run with plain stores
     // in lines the streaming stores also write: plain stores throughout measured 3.7x faster
     // (fwd_eval/batch_norm/NCHW/50x2048x7x7/t1). Grouped columns and kept inner loops run long.
     // (Unless they form one flat run per row: flat_runs.)
     const loop_dim& run = d.fused ? p.fused.back() : p.apply.back();
-    if (!d.grouped_columns && !d.group_blocks && run.reduced && run.extent < 256 && !d.flat_runs) d.stream = false;
+    if (!d.grouped_columns && !d.group_blocks && run.reduced && run.extent < 256 && !d.flat_runs) d.stream = d.stream_whole = false;
     d.pipelined = detail::pipelined_rows(p, d.fused, d.stream) || detail::pipelined_columns(p, d.fused, d.stream, d.threads);
     return d;
 }
@@ -1157,7 +1166,11 @@ inline std::string explain(const plan& p, const decision& d) {
           : d.group_blocks            ? " over blocks of kept indices"
                                       : " over kept indices") +
          "\n";
-    s += std::string("stores: ") + (d.stream ? "streaming (each thread's share of x and y exceeds 3/8 of the last-level cache)" : "cached") + "\n";
+    s += std::string("stores: ") +
+         (!d.stream             ? "cached"
+          : d.stream_whole ? "streaming (x and y exceed 3/8 of the last-level cache, and the kept indices form a pipeline)"
+                                : "streaming (each thread's share of x and y exceeds 3/8 of the last-level cache)") +
+         "\n";
     return s;
 }
 
