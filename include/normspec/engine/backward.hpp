@@ -682,9 +682,9 @@ void row_dx_chunk(const T* x, const T* dy, T* dx, index_t len, const row_coeffic
 /// the forward's (engine::detail::pipelined_parameter_rows). Per chunk the previous row's dx is
 /// written (its x and dy from cache), with its dgamma and dbeta about the exact mean, while the
 /// same chunk of this row's x and dy is asked for into L1, whose sums about the saved mean follow
-/// (sums_of_run); the last row's dx runs alone. coefficients(kk) gives a row's saved mean and
-/// rstd; finish(rc, s1, s2, s3) its dx coefficients; param(kk) its dgamma and dbeta sums (nullptr:
-/// none), and done() follows each row's dx.
+/// (sums_of_run); the last row's dx runs alone. saved(kk) gives a row's saved mean and rstd;
+/// finish(rc, s1, s2, s3) its dx coefficients from its sums; pg and pb are the thread's dgamma
+/// and dbeta sums (nullptr: none); done() follows each row's dx.
 template <class T, class Saved, class Finish, class Done>
 void pipelined_parameter_rows(const loop_dims& K, index_t kb, index_t ke, index_t n, const T* X, const T* DY, T* DX,
                               const T* gamma, T* pg, T* pb, Saved&& saved, Finish&& finish, Done&& done) {
