@@ -588,6 +588,61 @@ TEST_CASE("out of cache, channels-last InstanceNorm and GroupNorm backward pipel
     check(group_norm<37>{}, float{}, {13, 11, 333});
 }
 
+namespace {
+/// dx, dgamma and dbeta in float64 of a norm over total values whose value i has statistic stat(i)
+/// and parameter param(i) (dgamma and dbeta nparam long), from the same float values
+struct flat_gradients {
+    std::vector<double> dx, dg, db;
+};
+template <class E, class Stat, class Param>
+flat_gradients reference_backward(const E* x, const E* dy, const E* g, std::size_t total, std::size_t nstat, std::size_t nparam, bool rms,
+                                  Stat&& stat, Param&& param) {
+    std::vector<double> count(nstat), mean(nstat), var(nstat), mgy(nstat), mgx(nstat), xh(total);
+    for (std::size_t i = 0; i < total; ++i) count[stat(i)] += 1, mean[stat(i)] += rms ? 0.0 : double(x[i]);
+    for (std::size_t s = 0; s < nstat; ++s) mean[s] /= count[s];
+    for (std::size_t i = 0; i < total; ++i) var[stat(i)] += std::pow(double(x[i]) - mean[stat(i)], 2) / count[stat(i)];
+    flat_gradients r{std::vector<double>(total), std::vector<double>(nparam), std::vector<double>(nparam)};
+    for (std::size_t i = 0; i < total; ++i) {
+        const std::size_t s = stat(i), p = param(i);
+        xh[i] = (double(x[i]) - mean[s]) / std::sqrt(var[s] + 1e-5);
+        const double gy = double(dy[i]) * double(g[p]);
+        mgy[s] += gy / count[s], mgx[s] += gy * xh[i] / count[s];
+        r.dg[p] += double(dy[i]) * xh[i], r.db[p] += double(dy[i]);
+    }
+    for (std::size_t i = 0; i < total; ++i) {
+        const std::size_t s = stat(i);
+        r.dx[i] = (double(dy[i]) * double(g[param(i)]) - (rms ? 0.0 : mgy[s]) - xh[i] * mgx[s]) / std::sqrt(var[s] + 1e-5);
+    }
+    return r;
+}
+/// the largest difference between got[0, n) and want over the largest value of want
+template <class E>
+double flat_err(const E* got, const std::vector<double>& want) {
+    double e = 0, m = 0;
+    for (std::size_t i = 0; i < want.size(); ++i) e = std::max(e, std::abs(double(got[i]) - want[i])), m = std::max(m, std::abs(want[i]));
+    return e / std::max(m, 1e-300);
+}
+/// run(dx, t) (forward, then backward into dx, returning backward's result) at one and two threads,
+/// dx placed one value past a vector boundary with sentinels around it; dx, dgamma and (with_beta)
+/// dbeta against want
+template <class E, class Run>
+void check_streamed_backward(std::size_t total, const flat_gradients& want, bool with_beta, Run&& run) {
+    std::vector<E> buf(total + 64);
+    E* dx = th::placed(buf, 64, sizeof(E));
+    const double tol = std::is_same_v<E, float> ? 1e-6 : 1e-10;  // measured: 2.4e-7 and 1.7e-11
+    for (int t : {1, 2}) {
+        CAPTURE(t);
+        std::fill(buf.begin(), buf.end(), E(-7));
+        const auto got = run(dx, t);
+        CHECK(flat_err(dx, want.dx) < tol);
+        CHECK(flat_err(got.dgamma.data(), want.dg) < 2 * tol);
+        if (with_beta) CHECK(flat_err(got.dbeta.data(), want.db) < 2 * tol);
+        CHECK(buf.front() == E(-7));  // nothing written before dx or past its end
+        CHECK(buf.back() == E(-7));
+    }
+}
+}  // namespace
+
 TEST_CASE("out of cache, LayerNorm-type rows backward pipelines its rows a chunk at a time: the float64 reference") {
     // Rows with gamma along them whose x, dy and dx together pass half the last-level cache (dx
     // streams), four rows or more per thread: the previous row's dx over a chunk (with its dgamma
@@ -611,49 +666,73 @@ TEST_CASE("out of cache, LayerNorm-type rows backward pipelines its rows a chunk
         for (std::size_t i = 0; i < d; ++i) x(5, i) = E(1e4 + 0.01 * double(i));  // sorted ramp
         for (std::size_t i = 0; i < 40; ++i) x(6, i) += E(50);                       // outliers first
         xt::xtensor<E, 1> g = xt::cast<E>(th::randn({d}, 1.0, 0.5)), b = xt::cast<E>(th::randn({d}, 0.0, 0.5));
-        // float64 reference, row by row
-        xt::xtensor<double, 2> want_dx = xt::zeros<double>(shape);
-        xt::xtensor<double, 1> want_dg = xt::zeros<double>({d}), want_db = xt::zeros<double>({d});
-        std::vector<double> xh(d);
-        for (std::size_t r = 0; r < rows; ++r) {
-            double mean = 0, var = 0, mgy = 0, mgx = 0;
-            if constexpr (!S::is_rms)
-                for (std::size_t i = 0; i < d; ++i) mean += double(x(r, i)) / double(d);
-            for (std::size_t i = 0; i < d; ++i) var += std::pow(double(x(r, i)) - mean, 2) / double(d);
-            const double rstd = 1.0 / std::sqrt(var + 1e-5);
-            for (std::size_t i = 0; i < d; ++i) {
-                xh[i] = (double(x(r, i)) - mean) * rstd;
-                const double gy = double(dy(r, i)) * double(g(i));
-                mgy += gy / double(d), mgx += gy * xh[i] / double(d);
-                want_dg(i) += double(dy(r, i)) * xh[i], want_db(i) += double(dy(r, i));
-            }
-            for (std::size_t i = 0; i < d; ++i)
-                want_dx(r, i) = rstd * (double(dy(r, i)) * double(g(i)) - (S::is_rms ? 0.0 : mgy) - xh[i] * mgx);
-        }
-        std::vector<E> dxbuf(total + 64);
-        E* dxp = th::placed(dxbuf, 64, sizeof(E));
-        auto dx = xt::adapt(dxp, total, xt::no_ownership(), shape);
-        const double tol = std::is_same_v<E, float> ? 1e-6 : 1e-10;  // measured: 2.4e-7 and 1.7e-11
-        for (int t : {1, 2}) {
-            CAPTURE(t);
-            std::fill(dxbuf.begin(), dxbuf.end(), E(-7));
+        const auto want = reference_backward(x.data(), dy.data(), g.data(), total, rows, d, S::is_rms, [d](std::size_t i) { return i / d; },
+                                             [d](std::size_t i) { return i % d; });
+        check_streamed_backward<E>(total, want, S::has_beta, [&](E* dxp, int t) {
+            auto dx = xt::adapt(dxp, total, xt::no_ownership(), shape);
             const auto fw = [&] {
                 if constexpr (S::has_beta)
                     return forward(S{}, named<T, D>(x), gamma(g), beta(b), threads(t));
                 else
                     return forward(S{}, named<T, D>(x), gamma(g), threads(t));
             }();
-            const auto got = backward(S{}, named<T, D>(x), dy, fw, gamma(g), out(dx), threads(t));
-            CHECK(th::rel_err(dx, want_dx) < tol);
-            CHECK(th::rel_err(got.dgamma, want_dg) < 2 * tol);
-            if constexpr (S::has_beta) CHECK(th::rel_err(got.dbeta, want_db) < 2 * tol);
-            CHECK(dxbuf.front() == E(-7));  // nothing written before dx or past its end
-            CHECK(dxbuf.back() == E(-7));
-        }
+            return backward(S{}, named<T, D>(x), dy, fw, gamma(g), out(dx), threads(t));
+        });
     };
     check(layer_norm{}, float{}, 1031);
     check(layer_norm{}, float{}, 4100);
     check(layer_norm{}, double{}, 4100);
     check(rms_norm{}, float{}, 4100);
     check(norm<reduce<D>, scale<D>>{}, float{}, 1031);
+}
+
+TEST_CASE("out of cache, planes backward pipelines its kept indices a chunk at a time: the float64 reference") {
+    // BatchNorm, InstanceNorm and GroupNorm on NCHW, whose runs (planes) carry one gamma each, with
+    // x, dy and dx together past half the last-level cache (dx streams) and two kept indices or
+    // more per thread: the previous kept index's dx over a chunk of each run while the same chunk
+    // of this one's is asked for, whose sums follow. Against dx, dgamma and dbeta in float64 from
+    // the same values: planes of 17x19 (323 values: runs start anywhere in a vector) and 47x53
+    // (2491: a whole chunk and a short one), values at 1e4 + N(0,1) with a sorted ramp and
+    // outliers first in a later plane, dx one value past a vector boundary with sentinels around
+    // it; float and double; one and two threads.
+    auto check = [](auto spec, auto type, std::size_t c, std::size_t h, std::size_t w, std::size_t groups) {
+        using S = decltype(spec);
+        using E = decltype(type);
+        const std::size_t plane = h * w, per = c * plane;
+        const std::size_t n = std::size_t(0.3 * engine::detail::llc_bytes() / double(sizeof(E) * per)) | 1, total = n * per;
+        CAPTURE(plane);
+        CAPTURE(sizeof(E));
+        REQUIRE(3.0 * double(total * sizeof(E)) > 0.5 * engine::detail::llc_bytes());
+        const std::array<std::size_t, 4> shape{n, c, h, w};
+        xt::xtensor<E, 4> x = xt::cast<E>(xt::reshape_view(th::randn({total}, 1e4, 1.0), shape));
+        xt::xtensor<E, 4> dy = xt::cast<E>(xt::reshape_view(th::randn({total}), shape));
+        for (std::size_t i = 0; i < plane; ++i) x(1, 2, i / w, i % w) = E(1e4 + 0.01 * double(i));  // sorted ramp
+        for (std::size_t i = 0; i < 40; ++i) x(2, 1, i / w, i % w) += E(50);                         // outliers first
+        xt::xtensor<E, 1> g = xt::cast<E>(th::randn({c}, 1.0, 0.5)), b = xt::cast<E>(th::randn({c}, 0.0, 0.5));
+        auto channel = [=](std::size_t i) { return (i / plane) % c; };
+        const auto want = [&] {
+            if constexpr (std::is_same_v<S, batch_norm>)
+                return reference_backward(x.data(), dy.data(), g.data(), total, c, c, false, channel, channel);
+            else if constexpr (std::is_same_v<S, instance_norm>)
+                return reference_backward(x.data(), dy.data(), g.data(), total, n * c, c, false, [=](std::size_t i) { return i / plane; }, channel);
+            else
+                return reference_backward(x.data(), dy.data(), g.data(), total, n * groups, c, false,
+                                          [=](std::size_t i) { return i / (plane * (c / groups)); }, channel);
+        }();
+        check_streamed_backward<E>(total, want, true, [&](E* dxp, int t) {
+            auto dx = xt::adapt(dxp, total, xt::no_ownership(), shape);
+            const auto fw = [&] {
+                if constexpr (std::is_same_v<S, group_norm<>>)
+                    return forward(S{}, named<N, C, H, W>(x), gamma(g), beta(b), num_groups(long(groups)), threads(t));
+                else
+                    return forward(S{}, named<N, C, H, W>(x), gamma(g), beta(b), threads(t));
+            }();
+            return backward(S{}, named<N, C, H, W>(x), dy, fw, gamma(g), out(dx), threads(t));
+        });
+    };
+    check(instance_norm{}, float{}, 5, 17, 19, 0);
+    check(instance_norm{}, float{}, 3, 47, 53, 0);
+    check(instance_norm{}, double{}, 3, 47, 53, 0);
+    check(batch_norm{}, float{}, 6, 17, 19, 0);
+    check(group_norm<>{}, float{}, 6, 47, 53, 3);
 }

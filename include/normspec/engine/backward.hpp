@@ -6,7 +6,9 @@
 //   running statistics:   dx = rstd * gy                           (evaluation: they are constants)
 //   dgamma[p] = sum of dy * xhat,  dbeta[p] = sum of dy,  over the elements with parameter index p.
 // Per kept index: one sweep takes the two reductions and, in the same pass, dgamma and dbeta into
-// per-thread buffers (merged once at the end); a second sweep writes dx. With batch statistics
+// per-thread buffers (merged once at the end); a second sweep writes dx. Out of cache, kept
+// indices whose runs are contiguous form a pipeline instead: the previous one's dx while this
+// one's sums are taken (pipelined_runs_dx; channels-last columns: columns_kernel). With batch statistics
 // the exact mean is recovered from x and the saved (rounded) one: for columns and planes in the
 // reduction sweep itself (its sums are then corrected), for rows in a cheap sweep of its own.
 // GroupNorm's gradients are per channel while its statistics are per group: the parameter index
@@ -382,7 +384,7 @@ struct row_coefficients {
     /// a saved mean) the mean moves to the exact one, mhi + s3 / N, as a pair, and s2 with it;
     /// returns that shift of xhat, delta * rs, which sums of dy * xhat' over-count per dy.
     /// constant (running statistics): c1 = c2 = 0; rms: c1 = 0.
-    T finish(double s1, double s2, double s3, bool exact, bool rms, bool constant, double inv_n) {
+    double finish(double s1, double s2, double s3, bool exact, bool rms, bool constant, double inv_n) {
         double k = 0;
         if (exact) {
             const mean_shift m(double(mhi), s3, inv_n);
@@ -393,7 +395,7 @@ struct row_coefficients {
         }
         c1 = rms || constant ? T(0) : T(s1 * inv_n);
         c2 = constant ? T(0) : T(s2 * inv_n);
-        return T(k);
+        return k;
     }
 };
 
@@ -660,64 +662,76 @@ void rows_dx(const T* const* xp, const T* const* dyp, T* const* dxp, index_t n, 
         sweep.template operator()<false>();
 }
 
-/// dx of one row's chunk of len values whose parameters lie along it (coefficients rc; gamma g,
-/// nullptr: none), with streaming stores (no fence); with Params, the chunk's dy * xhat and dy
-/// added to pg and pb in the same sweep; with Next, the same chunk of the next row, nx and ndy,
-/// asked for into L1 along the way (pipelined_parameter_rows).
+/// dx of one run's chunk of len values (coefficients rc) whose gamma lies along it (g; nullptr:
+/// gc for all of it), with streaming stores (no fence); with Params, the chunk's dy * xhat and
+/// dy added to pg and pb in the same sweep; with Next, the same chunk of the next kept index's
+/// run, nx and ndy, asked for into L1 along the way (pipelined_runs_dx).
 template <bool Next, bool Params, class T>
-void row_dx_chunk(const T* x, const T* dy, T* dx, index_t len, const row_coefficients<T>& rc, const T* g, T* pg, T* pb,
+void run_dx_chunk(const T* x, const T* dy, T* dx, index_t len, const row_coefficients<T>& rc, const T* g, T gc, T* pg, T* pb,
                   const T* nx, const T* ndy) {
     using V = simd::vec<T>;
-    const V mh(rc.mhi), ml(rc.mlo), rs(rc.rs), c1(rc.c1), c2(rc.c2);
+    const V mh(rc.mhi), ml(rc.mlo), rs(rc.rs), c1(rc.c1), c2(rc.c2), gv(gc);
     simd::for_each_store<true>(dx, len, [=](auto load) __attribute__((always_inline)) {  // by value, as flat_dx's
         if constexpr (Next) __builtin_prefetch(nx + load.i, 0, 3), __builtin_prefetch(ndy + load.i, 0, 3);
         const V xh = ((load(x) - mh) - ml) * rs, d = load(dy);
         if constexpr (Params) load.store(pg, xsimd::fma(d, xh, load(pg))), load.store(pb, load(pb) + d);
-        return xsimd::fnma(xh, c2, (g ? d * load(g) : d) - c1) * rs;
+        return xsimd::fnma(xh, c2, d * (g ? load(g) : gv) - c1) * rs;
     });
 }
 
-/// Rows whose parameters lie along them (LayerNorm, RMSNorm, LayerNorm over C, H, W) out of
-/// cache, dx streaming: one thread's kept indices K[kb, ke) as a pipeline a chunk at a time, as
-/// the forward's (engine::detail::pipelined_parameter_rows). Per chunk the previous row's dx is
-/// written (its x and dy from cache), with its dgamma and dbeta about the exact mean, while the
-/// same chunk of this row's x and dy is asked for into L1, whose sums about the saved mean follow
-/// (sums_of_run); the last row's dx runs alone. saved(kk) gives a row's saved mean and rstd;
-/// finish(rc, s1, s2, s3) its dx coefficients from its sums; pg and pb are the thread's dgamma
-/// and dbeta sums (nullptr: none); done() follows each row's dx.
+/// Kept indices whose runs (R, nr of them, n values each) are contiguous in x, dy and dx, out of
+/// cache with dx streaming: one thread's kept indices K[kb, ke) as a pipeline a chunk at a time,
+/// as the forward's (engine::detail::pipelined_parameter_rows). Per chunk of each run the previous
+/// kept index's dx is written (its x and dy from cache) while the same chunk of this one's x and
+/// dy is asked for into L1, whose sums about the saved mean follow (sums_of_run, added up per run
+/// in runs); the last kept index's dx runs alone. Rows with gamma along them (along: LayerNorm,
+/// RMSNorm, LayerNorm over C, H, W; one run) take the sums of gy = dy * gamma, and their dgamma and
+/// dbeta per element in the dx sweep, about the exact mean, into pg and pb (nullptr: none);
+/// planes (BatchNorm, InstanceNorm, GroupNorm on NCHW) one gamma per run, their dgamma and dbeta
+/// from the sums. saved(kk) gives a kept index's saved mean and rstd; finish(kk, rc, runs) its dx
+/// coefficients (and for planes dgamma and dbeta); done() follows each kept index's dx.
 template <class T, class Saved, class Finish, class Done>
-void pipelined_parameter_rows(const loop_dims& K, index_t kb, index_t ke, index_t n, const T* X, const T* DY, T* DX,
-                              const T* gamma, T* pg, T* pb, Saved&& saved, Finish&& finish, Done&& done) {
+void pipelined_runs_dx(const loop_dims& K, index_t kb, index_t ke, const loop_dims& R, index_t nr, index_t n, const T* X, const T* DY,
+                       T* DX, const T* gamma, bool along, T* pg, T* pb, std::vector<run_sums>& runs, Saved&& saved,
+                       Finish&& finish, Done&& done) {
     offsets prev{};
     row_coefficients<T> pc;
     bool first = true;
-    auto dx = [&]<bool Next>(index_t b, index_t len, const offsets& next) {
-        const T* g = gamma ? gamma + prev.param + b : nullptr;
-        const std::size_t o = std::size_t(prev.param + b);
-        if (pg)
-            row_dx_chunk<Next, true>(X + prev.x + b, DY + prev.dy + b, DX + prev.y + b, len, pc, g, pg + o, pb + o, X + next.x + b,
-                                     DY + next.dy + b);
+    auto dx = [&]<bool Next>(const offsets& r, index_t b, index_t len, const offsets& next) {
+        const index_t o = prev.param + r.param;
+        const T* g = along && gamma ? gamma + o + b : nullptr;
+        const T gc = !along && gamma ? gamma[o] : T(1);
+        const T *x = X + prev.x + r.x + b, *dy = DY + prev.dy + r.dy + b, *nx = X + next.x + r.x + b, *ndy = DY + next.dy + r.dy + b;
+        T* d = DX + prev.y + r.y + b;
+        if (along && pg)
+            run_dx_chunk<Next, true>(x, dy, d, len, pc, g, gc, pg + o + b, pb + o + b, nx, ndy);
         else
-            row_dx_chunk<Next, false>(X + prev.x + b, DY + prev.dy + b, DX + prev.y + b, len, pc, g, pg, pb, X + next.x + b,
-                                      DY + next.dy + b);
+            run_dx_chunk<Next, false>(x, dy, d, len, pc, g, gc, pg, pb, nx, ndy);
     };
     for_range(K, kb, ke, [&](const offsets& kk) {
         row_coefficients<T> rc = saved(kk);
-        const T* g = gamma ? gamma + kk.param : nullptr;
-        double s1 = 0, s2 = 0, s3 = 0;
-        for (index_t b = 0; b < n; b += chunk) {
-            const index_t len = std::min(chunk, n - b);
-            if (!first) dx.template operator()<true>(b, len, kk);
-            const run_sums s = g ? sums_of_run<true>(X + kk.x + b, DY + kk.dy + b, g + b, len, rc.mhi)
-                                 : sums_of_run<false>(X + kk.x + b, DY + kk.dy + b, g, len, rc.mhi);
-            s1 += s.d, s2 += s.q, s3 += s.r;
-        }
+        runs.clear();
+        for_range(R, 0, nr, [&](const offsets& r) {
+            run_sums sum;
+            sum.param = kk.param + r.param;
+            const T* g = along && gamma ? gamma + sum.param : nullptr;
+            for (index_t b = 0; b < n; b += chunk) {
+                const index_t len = std::min(chunk, n - b);
+                if (!first) dx.template operator()<true>(r, b, len, kk);
+                const T *x = X + kk.x + r.x + b, *dy = DY + kk.dy + r.dy + b;
+                const run_sums u = g ? sums_of_run<true>(x, dy, g + b, len, rc.mhi) : sums_of_run<false>(x, dy, g, len, rc.mhi);
+                sum.d += u.d, sum.q += u.q, sum.r += u.r;
+            }
+            runs.push_back(sum);
+        });
         if (!first) done();
-        finish(rc, s1, s2 * double(rc.rs), s3);
+        finish(kk, rc, runs);
         pc = rc, prev = kk, first = false;
     });
     if (first) return;
-    for (index_t b = 0; b < n; b += chunk) dx.template operator()<false>(b, std::min(chunk, n - b), prev);  // the last row's alone
+    for_range(R, 0, nr, [&](const offsets& r) {  // the last kept index's dx alone
+        for (index_t b = 0; b < n; b += chunk) dx.template operator()<false>(r, b, std::min(chunk, n - b), prev);
+    });
     done();
 }
 
@@ -849,41 +863,48 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         };
         // rows: one statistic per kept index, a run per reduced index
         std::vector<detail::run_sums> runs;
+        // kept index kk's saved mean (rounded to T) and rstd
+        auto saved = [&](const offsets& kk) {
+            detail::row_coefficients<T> rc;
+            rc.mhi = a.mean ? a.mean[kk.stat] : T(0), rc.rs = a.rstd[kk.stat];
+            return rc;
+        };
+        // planes (gamma constant along each run: BatchNorm, InstanceNorm, GroupNorm on NCHW): from
+        // each run's sums about the saved mean (sum dy, sum dy * (x - saved), sum (x - saved)), the
+        // dx coefficients about the exact mean, and dgamma and dbeta per run, which the mean's
+        // shift delta corrects (sum dy * xhat = rstd * (q - delta * sum dy))
+        auto plane_coefficients = [&](detail::row_coefficients<T>& rc, const std::vector<detail::run_sums>& sums) {
+            const double rstd = double(rc.rs);
+            double s1 = 0, s2 = 0, s3 = 0;
+            for (const auto& run : sums) {
+                const double gv = a.gamma ? double(a.gamma[run.param]) : 1.0;
+                s1 += gv * run.d, s2 += gv * rstd * run.q, s3 += run.r;
+            }
+            const double k = rc.finish(s1, s2, s3, a.mean && !a.constant_stats, spec.rms, a.constant_stats, inv_n);
+            for (const auto& run : sums) {
+                if (dg) dg[run.param] += rstd * run.q - k * run.d;
+                if (db) db[run.param] += run.d;
+            }
+        };
         auto rows_kernel = [&](const offsets& kk) {
-            double m = a.mean ? double(a.mean[kk.stat]) : 0.0;
-            const double rstd = double(a.rstd[kk.stat]);
+            detail::row_coefficients<T> rc = saved(kk);
             const bool exact_mean = a.mean && !a.constant_stats;
             double sgy = 0, sgyx = 0;
-            if (inner.sparam == 0) {
-                // gamma constant along each run (planes: BatchNorm, InstanceNorm, GroupNorm on NCHW):
-                // one sweep takes, per run, sum dy, sum dy * (x - saved mean) and sum (x - saved mean);
-                // the exact mean's shift delta then corrects them (sum dy * xhat = rstd * (q - delta * sum dy))
-                const T mt = T(m);
+            if (inner.sparam == 0) {  // planes: one sweep for the sums of every run
                 runs.clear();
-                double residue = 0;
                 for_range(R, 0, nr, [&](const offsets& r) {
-                    detail::run_sums rs_ = detail::sums_of_run(X + kk.x + r.x, DY + kk.dy + r.dy, n, mt);
-                    rs_.param = kk.param + r.param;
-                    residue += rs_.r;
-                    runs.push_back(rs_);
+                    detail::run_sums u = detail::sums_of_run(X + kk.x + r.x, DY + kk.dy + r.dy, n, rc.mhi);
+                    u.param = kk.param + r.param;
+                    runs.push_back(u);
                 });
-                const detail::mean_shift shift(double(mt), exact_mean ? residue : 0.0, inv_n);
-                m = shift.mean;
-                for (const auto& run : runs) {
-                    const double q = rstd * shift.shifted(run.q, run.d), gv = a.gamma ? double(a.gamma[run.param]) : 1.0;
-                    sgy += gv * run.d;
-                    sgyx += gv * q;
-                    if (dg) dg[run.param] += q;
-                    if (db) db[run.param] += run.d;
-                }
+                plane_coefficients(rc, runs);
             } else if (exact_mean) {  // the exact mean, from x and the rounded saved one
-                const T mt = T(m);
                 double residue = 0;
-                for_range(R, 0, nr, [&](const offsets& r) { residue += detail::residue_of(X + kk.x + r.x, n, mt); });
-                m = detail::mean_shift(double(mt), residue, inv_n).mean;
+                for_range(R, 0, nr, [&](const offsets& r) { residue += detail::residue_of(X + kk.x + r.x, n, rc.mhi); });
+                const detail::mean_pair<T> mp(detail::mean_shift(double(rc.mhi), residue, inv_n).mean);
+                rc.mhi = mp.hi, rc.mlo = mp.lo;
             }
-            const detail::mean_pair<T> mp(m);
-            const T mhi = mp.hi, mlo = mp.lo, rs = T(rstd);
+            const T mhi = rc.mhi, mlo = rc.mlo, rs = rc.rs;
             const V vmhi(mhi), vmlo(mlo), vrs(rs);
             auto xhat = [&](const T* x, index_t i) { return ((V::load_unaligned(x + i) - vmhi) - vmlo) * vrs; };
             auto xhat1 = [&](const T* x, index_t i) { return ((x[i] - mhi) - mlo) * rs; };
@@ -919,9 +940,11 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
                     sgyx += double(s2);
                     if (++pending == 64) flush_params();
                 });
-            const T c1 = spec.rms || a.constant_stats ? T(0) : T(sgy * inv_n);
-            const T c2 = a.constant_stats ? T(0) : T(sgyx * inv_n);
-            const V vc1(c1), vc2(c2);
+            if (inner.sparam == 1) {
+                rc.c1 = spec.rms || a.constant_stats ? T(0) : T(sgy * inv_n);
+                rc.c2 = a.constant_stats ? T(0) : T(sgyx * inv_n);
+            }
+            const V vc1(rc.c1), vc2(rc.c2);
             for_range(R, 0, nr, [&](const offsets& r) {
                 const T* x = X + kk.x + r.x;
                 const T* dy = DY + kk.dy + r.dy;
@@ -983,7 +1006,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             for (int r = 0; r < nb; ++r) {
                 const offsets& kk = block[r];
                 xs[r] = X + kk.x, dys[r] = DY + kk.dy, dxs[r] = DX + kk.y;
-                rc[r].mhi = a.mean ? a.mean[kk.stat] : T(0), rc[r].mlo = T(0), rc[r].rs = a.rstd[kk.stat];
+                rc[r] = saved(kk);
             }
             const index_t pb = block[0].param;
             const T* g = a.gamma ? a.gamma + pb : nullptr;
@@ -995,7 +1018,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             // delta * rstd * sum gy here, and dgamma loses delta * rstd * dy in the dx sweep
             const bool exact_mean = a.mean && !a.constant_stats;
             T k[NB];
-            for (int r = 0; r < nb; ++r) k[r] = rc[r].finish(s1[r], s2[r], s3[r], exact_mean, spec.rms, a.constant_stats, inv_n);
+            for (int r = 0; r < nb; ++r) k[r] = T(rc[r].finish(s1[r], s2[r], s3[r], exact_mean, spec.rms, a.constant_stats, inv_n));
             const T* kp = exact_mean ? k : nullptr;
             detail::with_count<NB>(nb, [&]<int B>() { detail::rows_dx<B>(xs, dys, dxs, n, rc, g, kp, pg); });
             if ((pending += nb) >= 64) flush_params();
@@ -1003,22 +1026,28 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         };
         const bool row_blocks = vector_rows && R.empty() && inner.sparam == 1;
         const auto [kb, ke] = split(nk, t, team);
-        if (row_blocks && stream && ke - kb >= 2) {
-            T* pg = dgT.empty() ? nullptr : dgT.data();
-            T* pb = dbT.empty() ? nullptr : dbT.data();
+        // Out of cache, two kept indices or more per thread whose runs are contiguous and long
+        // enough to stream (rows with gamma along them; planes), a pipeline a chunk at a time
+        // (pipelined_runs_dx): LayerNorm 4096x4096 at 0.69-0.85 of the time of two phases, planes
+        // (BatchNorm, InstanceNorm, GroupNorm NCHW) at 0.80-0.97 (measured in one process, each
+        // in both places; see docs/reference.md)
+        const bool along = row_blocks;
+        if ((row_blocks || (vector_rows && inner.sparam == 0 && n >= 256)) && stream && ke - kb >= 2) {
+            T* pg = along && !dgT.empty() ? dgT.data() : nullptr;
+            T* pb = along && !dbT.empty() ? dbT.data() : nullptr;
             const bool exact_mean = a.mean && !a.constant_stats;
-            detail::pipelined_parameter_rows(
-                K, kb, ke, n, X, DY, DX, a.gamma, pg, pb,
-                [&](const offsets& kk) {
-                    detail::row_coefficients<T> rc;
-                    rc.mhi = a.mean ? a.mean[kk.stat] : T(0), rc.rs = a.rstd[kk.stat];
-                    return rc;
-                },
-                [&](detail::row_coefficients<T>& rc, double s1, double s2, double s3) {
-                    rc.finish(s1, s2, s3, exact_mean, spec.rms, a.constant_stats, inv_n);
+            detail::pipelined_runs_dx(
+                K, kb, ke, R, nr, n, X, DY, DX, a.gamma, along, pg, pb, runs,
+                saved, [&](const offsets&, detail::row_coefficients<T>& rc, const std::vector<detail::run_sums>& sums) {
+                    if (along) {  // one run, its sums of gy
+                        const detail::run_sums& u = sums[0];
+                        rc.finish(u.d, u.q * double(rc.rs), u.r, exact_mean, spec.rms, a.constant_stats, inv_n);
+                        return;
+                    }
+                    plane_coefficients(rc, sums);
                 },
                 [&] {
-                    if (++pending >= 64) flush_params();
+                    if (along && ++pending >= 64) flush_params();
                 });
             if (pending) flush_params();
             simd::fence();
