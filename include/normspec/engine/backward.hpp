@@ -265,7 +265,7 @@ void flat_dx(bool stream, const T* X, const T* DY, T* DX, index_t b, index_t e, 
     const T *mh = c.mh.data(), *ca = c.a.data(), *cb = c.b.data(), *cc = c.c.data();
     auto f = [=](auto load, index_t j) {
         if (stream) simd::prefetch_stream(X + load.i), simd::prefetch_stream(DY + load.i);
-        if constexpr (Next) __builtin_prefetch(next_x + load.i, 0, 3), __builtin_prefetch(next_dy + load.i, 0, 3);
+        if constexpr (Next) simd::prefetch_near(next_x + load.i), simd::prefetch_near(next_dy + load.i);
         const V xc = load(X) - V::load_unaligned(mh + j);
         return xsimd::fma(load(DY), V::load_unaligned(ca + j), xsimd::fma(xc, V::load_unaligned(cb + j), V::load_unaligned(cc + j)));
     };
@@ -672,7 +672,7 @@ void run_dx_chunk(const T* x, const T* dy, T* dx, index_t len, const row_coeffic
     using V = simd::vec<T>;
     const V mh(rc.mhi), ml(rc.mlo), rs(rc.rs), c1(rc.c1), c2(rc.c2), gv(gc);
     simd::for_each_store<true>(dx, len, [=](auto load) __attribute__((always_inline)) {  // by value, as flat_dx's
-        if constexpr (Next) __builtin_prefetch(nx + load.i, 0, 3), __builtin_prefetch(ndy + load.i, 0, 3);
+        if constexpr (Next) simd::prefetch_near(nx + load.i), simd::prefetch_near(ndy + load.i);
         const V xh = ((load(x) - mh) - ml) * rs, d = load(dy);
         if constexpr (Params) load.store(pg, xsimd::fma(d, xh, load(pg))), load.store(pb, load(pb) + d);
         return xsimd::fnma(xh, c2, d * (g ? load(g) : gv) - c1) * rs;
@@ -688,7 +688,7 @@ void run_dx_chunk(const T* x, const T* dy, T* dx, index_t len, const row_coeffic
 /// RMSNorm, LayerNorm over C, H, W; one run) take the sums of gy = dy * gamma, and their dgamma and
 /// dbeta per element in the dx sweep, about the exact mean, into pg and pb (nullptr: none);
 /// planes (BatchNorm, InstanceNorm, GroupNorm on NCHW) one gamma per run, their dgamma and dbeta
-/// from the sums. saved(kk) gives a kept index's saved mean and rstd; finish(kk, rc, runs) its dx
+/// from the sums. saved(kk) gives a kept index's saved mean and rstd; finish(rc, runs) its dx
 /// coefficients (and for planes dgamma and dbeta); done() follows each kept index's dx.
 template <class T, class Saved, class Finish, class Done>
 void pipelined_runs_dx(const loop_dims& K, index_t kb, index_t ke, const loop_dims& R, index_t nr, index_t n, const T* X, const T* DY,
@@ -725,7 +725,7 @@ void pipelined_runs_dx(const loop_dims& K, index_t kb, index_t ke, const loop_di
             runs.push_back(sum);
         });
         if (!first) done();
-        finish(kk, rc, runs);
+        finish(rc, runs);
         pc = rc, prev = kk, first = false;
     });
     if (first) return;
@@ -783,6 +783,8 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     int nt = threads_for(total, a.threads);
     if (nk < nt) nt = 1;
     const bool want_params = has_params && (a.dgamma || a.dbeta);
+    // batch statistics with a saved mean: the exact mean is recovered from x (the saved one is rounded to T)
+    const bool exact_mean = a.mean && !a.constant_stats;
     const std::size_t pc = want_params ? std::size_t(b.param_count) : 0;
     detail::param_parts param_sums(nt, pc);
     const bool contiguous = inner.sx == 1 && inner.sdy == 1 && inner.sy == 1;
@@ -815,7 +817,6 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         for_range(K, 0, nk, [&](const offsets& kk) {
             ln.init(cx, kk);
             std::fill(parts.begin(), parts.end(), 0.0);
-            const bool exact_mean = a.mean && !a.constant_stats;
             team(wanted, [&] {
                 const int t = thread_id();
                 const auto [r0, r1] = split(nr, t, team_size());
@@ -880,7 +881,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
                 const double gv = a.gamma ? double(a.gamma[run.param]) : 1.0;
                 s1 += gv * run.d, s2 += gv * rstd * run.q, s3 += run.r;
             }
-            const double k = rc.finish(s1, s2, s3, a.mean && !a.constant_stats, spec.rms, a.constant_stats, inv_n);
+            const double k = rc.finish(s1, s2, s3, exact_mean, spec.rms, a.constant_stats, inv_n);
             for (const auto& run : sums) {
                 if (dg) dg[run.param] += rstd * run.q - k * run.d;
                 if (db) db[run.param] += run.d;
@@ -888,7 +889,6 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         };
         auto rows_kernel = [&](const offsets& kk) {
             detail::row_coefficients<T> rc = saved(kk);
-            const bool exact_mean = a.mean && !a.constant_stats;
             double sgy = 0, sgyx = 0;
             if (inner.sparam == 0) {  // planes: one sweep for the sums of every run
                 runs.clear();
@@ -1016,7 +1016,6 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             // the sums were about the saved mean, rounded to T; the exact one is that plus
             // delta = residue / N, and xhat = xhat' - delta * rstd: so sum gy * xhat loses
             // delta * rstd * sum gy here, and dgamma loses delta * rstd * dy in the dx sweep
-            const bool exact_mean = a.mean && !a.constant_stats;
             T k[NB];
             for (int r = 0; r < nb; ++r) k[r] = T(rc[r].finish(s1[r], s2[r], s3[r], exact_mean, spec.rms, a.constant_stats, inv_n));
             const T* kp = exact_mean ? k : nullptr;
@@ -1029,16 +1028,15 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         // Out of cache, two kept indices or more per thread whose runs are contiguous and long
         // enough to stream (rows with gamma along them; planes), a pipeline a chunk at a time
         // (pipelined_runs_dx): LayerNorm 4096x4096 at 0.69-0.85 of the time of two phases, planes
-        // (BatchNorm, InstanceNorm, GroupNorm NCHW) at 0.80-0.97 (measured in one process, each
+        // (BatchNorm, InstanceNorm, GroupNorm NCHW) at 0.76-0.95 (measured in one process, each
         // in both places; see docs/reference.md)
         const bool along = row_blocks;
         if ((row_blocks || (vector_rows && inner.sparam == 0 && n >= 256)) && stream && ke - kb >= 2) {
             T* pg = along && !dgT.empty() ? dgT.data() : nullptr;
             T* pb = along && !dbT.empty() ? dbT.data() : nullptr;
-            const bool exact_mean = a.mean && !a.constant_stats;
             detail::pipelined_runs_dx(
                 K, kb, ke, R, nr, n, X, DY, DX, a.gamma, along, pg, pb, runs,
-                saved, [&](const offsets&, detail::row_coefficients<T>& rc, const std::vector<detail::run_sums>& sums) {
+                saved, [&](detail::row_coefficients<T>& rc, const std::vector<detail::run_sums>& sums) {
                     if (along) {  // one run, its sums of gy
                         const detail::run_sums& u = sums[0];
                         rc.finish(u.d, u.q * double(rc.rs), u.r, exact_mean, spec.rms, a.constant_stats, inv_n);
@@ -1073,7 +1071,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             // rounding it to T lost, recovered exactly from x (float data at 1e4 + N(0,1) would
             // otherwise lose 1e-4 of dgamma)
             for (index_t j = 0; j < lanes; ++j) mean[j] = a.mean ? double(a.mean[kk.stat + j * ss]) : 0.0;
-            if (a.mean && !a.constant_stats) {
+            if (exact_mean) {
                 std::vector<double> residue(lanes, 0.0);
                 for_range(R, 0, nr, [&](const offsets& r) {
                     const T* x = X + kk.x + r.x;

@@ -454,7 +454,7 @@ void pipelined_parameter_rows(const loop_dims& K, index_t kb, index_t ke, index_
                 with_run_op(x + prev.x + b, k.mu + prev.stat, k.sc + prev.stat, k.sh + prev.stat, g + prev.param + b,
                             bt ? bt + prev.param + b : nullptr, 1, [&](auto op) {
                                 simd::for_each_store<true>(y + prev.y + b, len, [=](auto load) {
-                                    __builtin_prefetch(p + load.i, 0, 3);
+                                    simd::prefetch_near(p + load.i);
                                     return op(load);
                                 });
                             });
@@ -569,7 +569,7 @@ inline void apply_flat(const T* x, T* y, index_t b, index_t e, index_t n, const 
     const T *mu = w.mu.data(), *sc = w.sc.data(), *sh = w.sh.data();
     simd::for_each_flat<Stream>(y, b, e, n, [=](auto load, index_t j) {
         if constexpr (Stream) simd::prefetch_stream(x + load.i);
-        if constexpr (Next) __builtin_prefetch(next + load.i, 0, 3);
+        if constexpr (Next) simd::prefetch_near(next + load.i);
         return xsimd::fma(load(x) - V::load_unaligned(mu + j), V::load_unaligned(sc + j), V::load_unaligned(sh + j));
     });
 }
@@ -1094,9 +1094,9 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     // GroupNorm NCHW 8x256x32x32 measured 0.64-0.75 of the time of stores through the cache
     // (channels-last columns 0.76-1.32: those keep each thread's share as the rule).
     const double bytes = 2.0 * double(total) * sizeof(T);
-    d.stream_whole = !in_place && !detail::stream_output(bytes, d.threads) && detail::stream_output(bytes, 1) &&
-                     detail::pipelined_rows(p, d.fused, true);
-    d.stream = !in_place && (detail::stream_output(bytes, d.threads) || d.stream_whole);
+    const bool share = detail::stream_output(bytes, d.threads);
+    d.stream_whole = !in_place && !share && detail::stream_output(bytes, 1) && detail::pipelined_rows(p, d.fused, true);
+    d.stream = !in_place && (share || d.stream_whole);
     // Short reduced runs (BatchNorm's 7x7 planes) would start and end every run with plain stores
     // in lines the streaming stores also write: plain stores throughout measured 3.7x faster
     // (fwd_eval/batch_norm/NCHW/50x2048x7x7/t1). Grouped columns and kept inner loops run long.
