@@ -487,47 +487,30 @@ inline void apply_rows(const T* const* x, T* const* y, index_t n, const T* mu, c
         for (int r = 0; r < NB; ++r)
             simd::store_first(yr[r] + i, t, xsimd::fma(xsimd::fma(simd::load_first(xr[r] + i, t) - m[r], a[r], c[r]), gv, bv));
     };
+    // x, gamma and beta one vector ahead: every load of a vector is issued before the stores of
+    // the one before it, so a y (or gamma) just past x modulo 4 KiB does not stall each load on an
+    // earlier store to the same page offset (2048x1024, one thread, y 64 bytes past x, one vector
+    // ahead against none: 1.4x faster). Loads of every row come before any store too: with rows
+    // 4 KiB apart, a store to one row's y would stall the next row's load at the same page offset.
+    struct ahead {
+        V x[NB], g, b;
+    };
+    auto load_ahead = [&](index_t at, ahead& v) {
+        v.g = V::load_unaligned(g + at);
+        v.b = bt ? V::load_unaligned(bt + at) : V(T(0));
+#pragma GCC unroll 4
+        for (int r = 0; r < NB; ++r) v.x[r] = V::load_unaligned(xr[r] + at);
+    };
     index_t i = 0;
-    // x, gamma and beta a group of A vectors ahead: every load of a group is issued before the
-    // stores of the group before it, so a y (or gamma) just past x modulo 4 KiB does not stall
-    // each load on an earlier store to the same page offset (2048x1024, one thread, y 64 bytes
-    // past x, one vector ahead against none: 1.4x faster). Loads of every row come before any
-    // store too: with rows 4 KiB apart, a store to one row's y would stall the next row's load at
-    // the same page offset.
-    constexpr int A = 1;
-    struct group {
-        V x[NB][A], g[A], b[A];
-    };
-    auto load_group = [&](index_t at, group& v) {
+    ahead next;
+    if (L <= n) load_ahead(0, next);
+    for (; i + L <= n; i += L) {
+        ahead v = next;
+        if (i + 2 * L <= n) load_ahead(i + L, next);
 #pragma GCC unroll 4
-        for (int k = 0; k < A; ++k) {
-            v.g[k] = V::load_unaligned(g + at + k * L);
-            v.b[k] = bt ? V::load_unaligned(bt + at + k * L) : V(T(0));
+        for (int r = 0; r < NB; ++r) v.x[r] = xsimd::fma(xsimd::fma(v.x[r] - m[r], a[r], c[r]), v.g, v.b);
 #pragma GCC unroll 4
-            for (int r = 0; r < NB; ++r) v.x[r][k] = V::load_unaligned(xr[r] + at + k * L);
-        }
-    };
-    group next;
-    if (i + A * L <= n) load_group(i, next);
-    for (; i + A * L <= n; i += A * L) {
-        group v = next;
-        if (i + 2 * A * L <= n) load_group(i + A * L, next);
-#pragma GCC unroll 4
-        for (int k = 0; k < A; ++k)
-#pragma GCC unroll 4
-            for (int r = 0; r < NB; ++r) v.x[r][k] = xsimd::fma(xsimd::fma(v.x[r][k] - m[r], a[r], c[r]), v.g[k], v.b[k]);
-#pragma GCC unroll 4
-        for (int k = 0; k < A; ++k)
-#pragma GCC unroll 4
-            for (int r = 0; r < NB; ++r) v.x[r][k].store_unaligned(yr[r] + i + k * L);
-    }
-    for (; i + L <= n; i += L) {  // the whole vectors after the last group
-        const V gv = V::load_unaligned(g + i), bv = bt ? V::load_unaligned(bt + i) : V(T(0));
-        V v[NB];
-#pragma GCC unroll 4
-        for (int r = 0; r < NB; ++r) v[r] = xsimd::fma(xsimd::fma(V::load_unaligned(xr[r] + i) - m[r], a[r], c[r]), gv, bv);
-#pragma GCC unroll 4
-        for (int r = 0; r < NB; ++r) v[r].store_unaligned(yr[r] + i);
+        for (int r = 0; r < NB; ++r) v.x[r].store_unaligned(yr[r] + i);
     }
     if (i < n) part(i, n - i);
 }
