@@ -800,7 +800,15 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     const detail::backward_context<T> cx{spec, a, inner, R, inv_n, group, gstat, stream};
 
     // columns with fewer kept indices than threads (BatchNorm on NHWC): the threads split the rows
-    // in each phase, and their partial sums are merged between phases
+    // in each phase, and their partial sums are merged between phases. Out of cache the two
+    // phases read x and dy twice (five streams where the traffic model counts three). Blocks of
+    // channels small enough for the second phase to find them in L3 do not pay on this machine:
+    // a hand-written forward (sums, then the normalize sweep) in blocks of 16 or 32 of 64
+    // channels (one or two lines of each 256-byte row) took 2.0-3.7x the time of whole rows, and
+    // of 2048 channels, blocks of 512 or 1024 (4 KiB pieces of 8 KiB rows) 1.3-2.1x at one thread
+    // (0.7-1.5x at two); each against a streaming copy in the same process. A hand-written
+    // two-phase backward of whole rows reached 0.42-0.58 of the three-stream limit (these kernels:
+    // 0.39-0.47 in docs/benchmarks.md).
     const int wanted = threads_for(total, a.threads);
     if (vector_columns && nk < wanted) {
         std::vector<double> parts(std::size_t(wanted) * std::size_t(n) * 5), merged(std::size_t(n) * 5);
