@@ -967,7 +967,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
                 };
                 // streaming stores out of cache, but not on short runs (their lines' ends would
                 // mix plain and streaming stores: the forward's 7x7 planes measured 3.7x slower)
-                if (stream && n >= 256)
+                if (stream && n >= detail::stream_run_min)
                     simd::for_each_store<true>(dx, n, dx_of);
                 else
                     simd::for_each_store<false>(dx, n, dx_of);
@@ -1039,7 +1039,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         // (BatchNorm, InstanceNorm, GroupNorm NCHW) at 0.76-0.95 (measured in one process, each
         // in both places; see docs/reference.md)
         const bool along = row_blocks;
-        if ((row_blocks || (vector_rows && inner.sparam == 0 && n >= 256)) && stream && ke - kb >= 2) {
+        if ((row_blocks || (vector_rows && inner.sparam == 0 && n >= detail::stream_run_min)) && stream && ke - kb >= 2) {
             T* pg = along && !dgT.empty() ? dgT.data() : nullptr;
             T* pb = along && !dbT.empty() ? dbT.data() : nullptr;
             detail::pipelined_runs_dx(

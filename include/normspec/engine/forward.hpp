@@ -212,18 +212,24 @@ void runs_moments(const loop_dims& R, index_t r0, index_t r1, const T* base, ind
     for_row_batches(R, r0, r1, base, chunk / n, runs, [&](const T* const* p, index_t k) { accumulate_chunk<Rms>(p, k, n, m); });
 }
 
+/// The shortest contiguous run whose output streams on its own: a shorter one would start and
+/// end with plain stores in lines its streaming stores also write (the forward's 7x7 planes
+/// measured 3.7x slower; decide). Shorter runs stream only as one flat run per row (flat_runs)
+/// or in blocks of groups (group_blocks); the backward's dx follows the same bound.
+inline constexpr index_t stream_run_min = 256;
+
 /// Short reduced runs back to back, each a kept index's (BatchNorm's 7x7 planes, unfused:
 /// [.., keep C, reduce H*W], C's stride the run's length, in x and y): one flat run per row of the
 /// loops outside them, in which the coefficients change every len values. With len at least a
 /// vector, a vector spans at most two runs and blends their coefficients, so the stores run over
-/// whole lines (and can stream) instead of starting and ending at every run. Below 256 values:
+/// whole lines (and can stream) instead of starting and ending at every run. Below stream_run_min:
 /// longer runs stream on their own.
 template <class T>
 inline bool flat_runs(const loop_dims& outer, const loop_dim& inner) {
     if (outer.empty()) return false;
     const loop_dim& d = outer.back();
     return inner.reduced && !d.reduced && inner.sx == 1 && inner.sy == 1 && d.sx == inner.extent && d.sy == inner.extent &&
-           inner.extent >= simd::width<T> && inner.extent < 256;
+           inner.extent >= simd::width<T> && inner.extent < stream_run_min;
 }
 
 /// Moments of such short runs, taken in memory order (BatchNorm NCHW's 7x7 planes: sample by
@@ -715,11 +721,11 @@ inline bool grouped_columns(const plan& p) {
     return grouped_shape(p) && p.fused.back().extent <= 4 * simd::width<float> &&
            p.fused.back().extent * p.fused[p.fused.size() - 2].extent <= 4096 && !outer_of(p.fused, 2).R.empty();
 }
-/// The same shape with runs too short to stream alone (under 256 values) in rows too wide for
+/// The same shape with runs too short to stream alone (under stream_run_min) in rows too wide for
 /// per-column moments: BatchNorm on NCHW with 7x7 planes, [reduce N, keep C, reduce H*W]
 /// (without reduced rows, [keep N*C, reduce H*W], it is the rows pattern).
 inline bool group_blocks(const plan& p) {
-    return grouped_shape(p) && !grouped_columns(p) && p.fused.back().extent < 256 && !outer_of(p.fused, 2).R.empty();
+    return grouped_shape(p) && !grouped_columns(p) && p.fused.back().extent < stream_run_min && !outer_of(p.fused, 2).R.empty();
 }
 
 /// Fused, with streaming stores, over contiguous reduced runs whose coefficients are one per run
@@ -1085,7 +1091,7 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     // (fwd_eval/batch_norm/NCHW/50x2048x7x7/t1). Grouped columns and kept inner loops run long.
     // (Unless they form one flat run per row: flat_runs.)
     const loop_dim& run = d.fused ? p.fused.back() : p.apply.back();
-    if (!d.grouped_columns && !d.group_blocks && run.reduced && run.extent < 256 && !d.flat_runs) d.stream = d.stream_whole = false;
+    if (!d.grouped_columns && !d.group_blocks && run.reduced && run.extent < detail::stream_run_min && !d.flat_runs) d.stream = d.stream_whole = false;
     d.pipelined = detail::pipelined_rows(p, d.fused, d.stream) || detail::pipelined_columns(p, d.fused, d.stream, d.threads);
     return d;
 }
