@@ -590,6 +590,30 @@ void apply_rows_of(bool stream, const loop_dims& R, index_t r0, index_t r1, cons
     });
 }
 
+/// The pipeline of kept indices over channels-last rows (pipelined_columns): the previous kept
+/// index's coefficients, and its normalize sweep a block of rows at a time, run just before the
+/// same block of the next one has its column moments taken (whose rows it asks for into L1).
+template <class T>
+struct column_pipeline {
+    std::optional<wrapped_coefficients<T>> w;  // the previous kept index's, once there is one
+    offsets prev{};
+    /// column_moments' `before`: the previous kept index's rows at the positions of the block of
+    /// count rows back to back at p[0] of the next one (at xk), n values each
+    void block(const T* x, T* y, const T* xk, const T* const* p, index_t count, index_t n) const {
+        const index_t o = p[0] - xk;
+        if (w) apply_flat<true, true>(x + prev.x, y + prev.y, o, o + count * n, n, *w, xk);
+    }
+    /// kept index kk's coefficients are known: it is the previous one from here on
+    void advance(const offsets& kk, const std::array<const T*, 3>& c, index_t n) {
+        w.emplace(c[0], c[1], c[2], n);
+        prev = kk;
+    }
+    /// the last one's sweep alone, over its positions [b, e)
+    void finish(const T* x, T* y, index_t b, index_t e, index_t n) const {
+        if (w) apply_flat<true>(x + prev.x, y + prev.y, b, e, n, *w);
+    }
+};
+
 /// Per kept index of K[kb, ke) (one thread's share): the per-column moments of its rows (R's rows
 /// of `inner`, n kept columns), coefficients(kk, count, mean, m2) making its coefficients
 /// {mu, sc, sh} (per column at inner's statistic step), then y over its rows, g and bt (at the
@@ -614,20 +638,14 @@ void columns_per_kept(const loop_dims& K, index_t kb, index_t ke, const loop_dim
         });
         return;
     }
-    std::optional<wrapped_coefficients<T>> w;  // the previous kept index's
-    offsets prev{};
+    column_pipeline<T> pipe;
     for_range(K, kb, ke, [&](const offsets& kk) {
         const T* xk = x + kk.x;
-        auto previous_block = [&](const T* const* p, index_t count) {  // rows back to back: positions [o, o + count * n)
-            const index_t o = p[0] - xk;
-            if (w) apply_flat<true, true>(x + prev.x, y + prev.y, o, o + count * n, n, *w, xk);
-        };
-        const double count = column_moments<Rms>(R, 0, nr, xk, n, 1, mean.data(), m2.data(), rows, true, previous_block);
-        const std::array<const T*, 3> c = coefficients(kk, count, mean.data(), m2.data());
-        w.emplace(c[0], c[1], c[2], n);
-        prev = kk;
+        const double count = column_moments<Rms>(R, 0, nr, xk, n, 1, mean.data(), m2.data(), rows, true,
+                                                 [&](const T* const* p, index_t c) { pipe.block(x, y, xk, p, c, n); });
+        pipe.advance(kk, coefficients(kk, count, mean.data(), m2.data()), n);
     });
-    if (w) apply_flat<true>(x + prev.x, y + prev.y, 0, nr * n, n, *w);  // the last one's sweep alone
+    pipe.finish(x, y, 0, nr * n, n);
 }
 
 /// Runs [r0, r1) of such a flat run (run r at x + r * len; its coefficients at mu[r * ss], ...).
@@ -764,12 +782,25 @@ inline loop_dim group_channels(const plan& p) {
 /// (columns_per_kept), a block of rows at a time, as pipelined_rows' do a run at a time.
 inline bool pipelined_columns(const plan& p, bool fused, bool stream, int threads) {
     if (!fused || !stream || group_blocks(p)) return false;
-    if (grouped_columns(p)) {
+    if (grouped_columns(p)) {  // two kept indices or more for each thread, or split rows (grouped_split)
         const outer_loops o = outer_of(p.fused, 2);
-        return flat_columns(o.R, group_channels(p)) && count_of(o.K) >= 2 * threads;
+        return flat_columns(o.R, group_channels(p)) && count_of(o.K) >= 2;
     }
     const outer_loops o = outer_of(p.fused, 1);
     return flat_columns(o.R, p.fused.back()) && count_of(o.K) >= 2 * threads && (!p.has_params || p.fold);
+}
+
+/// GroupNorm on channels-last data (grouped_columns) splits each kept index's rows over the threads,
+/// merging their per-channel moments, when there are fewer kept indices than threads, or fewer
+/// than two for each thread where they pipeline (pipelined_columns): split, the kept indices
+/// still form one pipeline, where one kept index per thread would take two sweeps (one reading
+/// from memory, then one writing to it) and three over two threads would leave one thread a
+/// third of the work. Old and new engines in one process, each in both link places, two threads,
+/// three runs: GroupNorm NHWC 2x320x96x96 at 0.90-1.04 of the time, 3x320x96x96 at 0.75-0.80,
+/// 3x320x64x64 at 0.70-0.79.
+inline bool grouped_split(const plan& p, bool stream, int threads) {
+    const index_t nk = count_of(outer_of(p.fused, 2).K);
+    return threads > 1 && (nk < threads || (nk < 2 * threads && pipelined_columns(p, true, stream, threads)));
 }
 
 /// Group gi of kept index kk, whose statistic is known, spread over its member run: per-position
@@ -845,8 +876,9 @@ void fused_group_blocks(const plan& p, const T* x, T* y, coefficients<T>& k, con
 /// GroupNorm on channels-last data, per kept index: per-channel column moments over the reduced
 /// rows, each group's channels merged (Chan), then one multiply-add per element with per-channel
 /// coefficients rstd_g * gamma_c. A group's run of C/G channels is too short to vectorize alone.
-/// Threads take kept indices; with fewer kept indices than threads (batch 1) they split the rows
-/// of each, merge their per-channel moments, and split the rows again to normalize.
+/// Threads take kept indices; where grouped_split, they split the rows of each, merge their
+/// per-channel moments, and split the rows again to normalize: in a second sweep, or, pipelined,
+/// in the column moments' sweep of the next kept index (each thread the same rows of both).
 template <bool Rms, class T, class Known>
 void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, const T* bt, int nt, bool stream,
                            Known&& known) {
@@ -869,8 +901,8 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
     auto normalize_rows = [&](const offsets& kk, index_t r0, index_t r1, const T* cm, const T* csc, const T* csh) {
         apply_rows_of<T>(stream, R, r0, r1, channels, x + kk.x, y + kk.y, cm, csc, csh, nullptr, nullptr);
     };
-    if (nk >= nt || nt == 1) {
-        const bool pipelined = pipelined_columns(p, true, stream, nt);
+    const bool pipelined = pipelined_columns(p, true, stream, nt);
+    if (!grouped_split(p, stream, nt)) {
         team(nt, [&] {
             const auto [kb, ke] = split(nk, thread_id(), team_size());
             std::vector<T> cm(n), csc(n), csh(n);
@@ -886,14 +918,17 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
     std::vector<double> mean(static_cast<std::size_t>(nt * n)), m2(mean.size()), count(static_cast<std::size_t>(nt));
     std::vector<double> cmean(static_cast<std::size_t>(n)), cm2(cmean.size());
     std::vector<T> cm(n), csc(n), csh(n);
+    column_pipeline<T> pipe;  // pipelined: each thread's rows of the previous kept index go with its rows of this one
     for_range(K, 0, nk, [&](const offsets& kk) {
         std::fill(count.begin(), count.end(), 0.0);  // parts of absent threads stay empty
         team(nt, [&] {
             const int t = thread_id();
             const auto [r0, r1] = split(nr, t, team_size());
             std::vector<const T*> rows;
-            count[std::size_t(t)] = column_moments<Rms>(R, r0, r1, x + kk.x, n, 1, &mean[std::size_t(t * n)], &m2[std::size_t(t * n)],
-                                                        rows, stream);
+            const T* xk = x + kk.x;
+            count[std::size_t(t)] = column_moments<Rms>(R, r0, r1, xk, n, 1, &mean[std::size_t(t * n)], &m2[std::size_t(t * n)],
+                                                        rows, stream, [&](const T* const* p, index_t c) { pipe.block(x, y, xk, p, c, n); });
+            if (pipe.w) simd::fence();
         });
         double total = 0;
         for (index_t c = 0; c < n; ++c) {
@@ -902,12 +937,19 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
             cmean[std::size_t(c)] = m.mean, cm2[std::size_t(c)] = m.m2, total = m.count;
         }
         coefficients_of(kk, total, cmean.data(), cm2.data(), cm.data(), csc.data(), csh.data());
+        if (pipelined) return pipe.advance(kk, {cm.data(), csc.data(), csh.data()}, n);
         team(nt, [&] {
             const auto [r0, r1] = split(nr, thread_id(), team_size());
             normalize_rows(kk, r0, r1, cm.data(), csc.data(), csh.data());
             if (stream) simd::fence();
         });
     });
+    if (pipe.w)  // the last one's sweep alone
+        team(nt, [&] {
+            const auto [r0, r1] = split(nr, thread_id(), team_size());
+            pipe.finish(x, y, r0 * n, r1 * n, n);
+            simd::fence();
+        });
 }
 
 /// Statistics and normalization per kept index, while its slab is in cache: x is read from
@@ -1038,7 +1080,7 @@ struct decision {
     bool fused = false;            // statistics and normalization per kept index
     bool grouped_columns = false;  // ... with a group's channels merged from per-channel columns
     bool group_blocks = false;     // ... in blocks of groups with short runs, each row's span flat
-    bool split_reduction = false;  // two sweeps with fewer kept indices than threads
+    bool split_reduction = false;  // threads split the reduction: fewer kept indices than threads (grouped columns: grouped_split)
     bool stream = false;           // streaming stores for y
     bool stream_whole = false;     // ... for all of x and y past the threshold, not each thread's share (a pipeline)
     bool pipelined = false;        // fused: each kept index's normalize sweep takes the next one's moments
@@ -1071,11 +1113,8 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
               (schedule == 1 || d.grouped_columns || d.group_blocks || (schedule == 0 && detail::fusable<T>(p, d.threads)));
     d.stats_in_order = !d.fused && !use_running && detail::runs_in_memory_order<T>(p);
     d.flat_runs = detail::flat_runs_apply<T>(p, d.fused);
-    // fewer kept indices than threads: the threads split the reduction (grouped columns: the
-    // kept indices outside the group's two loops)
-    if (d.grouped_columns)
-        d.split_reduction = count_of(outer_of(p.fused, 2).K) < d.threads && d.threads > 1;
-    else if (!d.fused && !use_running)
+    // fewer kept indices than threads: the threads split the reduction
+    if (!d.grouped_columns && !d.fused && !use_running)
         d.split_reduction = count_of(outer_of(p.stats, 1).K) < d.threads && d.threads > 1;
     // Where the kept indices form a pipeline once y streams (pipelined_rows: rows, planes, rows
     // with gamma and beta along them), all of x and y past 3/8 of the last-level cache stream, at
@@ -1093,6 +1132,7 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     const loop_dim& run = d.fused ? p.fused.back() : p.apply.back();
     if (!d.grouped_columns && !d.group_blocks && run.reduced && run.extent < detail::stream_run_min && !d.flat_runs) d.stream = d.stream_whole = false;
     d.pipelined = detail::pipelined_rows(p, d.fused, d.stream) || detail::pipelined_columns(p, d.fused, d.stream, d.threads);
+    if (d.grouped_columns) d.split_reduction = detail::grouped_split(p, d.stream, d.threads);  // (the kept indices outside the group's two loops)
     return d;
 }
 
