@@ -547,22 +547,25 @@ TEST_CASE("out of cache, channels-last InstanceNorm and GroupNorm backward pipel
     // sample is asked for, whose sums follow. Checked against the same norm on the NCHW transpose
     // (the rows kernel, a kernel of its own): dx, dgamma and dbeta, at 1e4 + N(0,1) with a sorted
     // ramp and outliers first in a later sample, 37 channels (rows start anywhere in a vector)
-    // and 333 (groups of 9), dx one value past a vector boundary; float and double.
-    auto check = [](auto spec, auto type, std::array<std::size_t, 3> hwc) {
+    // and 333 (groups of 9), dx one value past a vector boundary; float and double. With three
+    // samples (`three`), at two threads the threads split every sample's rows and pipeline the
+    // samples: each one's dx over its rows of the previous sample with its sums over the next's.
+    auto check = [](auto spec, auto type, std::array<std::size_t, 3> hwc, bool three = false) {
         using S = decltype(spec);
         using E = decltype(type);
+        if (three) hwc[0] = std::size_t(0.07 * engine::detail::llc_bytes() / double(sizeof(E) * hwc[1] * hwc[2])) + 1;
         const std::size_t per = hwc[0] * hwc[1] * hwc[2];
-        const std::size_t samples = std::size_t(0.3 * engine::detail::llc_bytes() / double(sizeof(E) * per)) | 1;
-        const std::size_t total = samples * per;
+        const std::size_t samples = three ? 3 : std::size_t(0.3 * engine::detail::llc_bytes() / double(sizeof(E) * per)) | 1;
+        const std::size_t total = samples * per, later = std::min<std::size_t>(3, samples - 1);
         CAPTURE(samples);
         CAPTURE(sizeof(E));
         REQUIRE(3.0 * double(total * sizeof(E)) > 0.5 * engine::detail::llc_bytes());
-        REQUIRE(samples >= 4);
+        REQUIRE((three || samples >= 4));
         const std::array<std::size_t, 4> shape{samples, hwc[0], hwc[1], hwc[2]};
         xt::xtensor<E, 4> xh = xt::cast<E>(xt::reshape_view(th::randn({total}, 1e4, 1.0), shape));
         xt::xtensor<E, 4> dyh = xt::cast<E>(xt::reshape_view(th::randn({total}), shape));
-        for (std::size_t i = 0; i < hwc[0] * hwc[1]; ++i) xh(3, i / hwc[1], i % hwc[1], 0) = E(1e4 + 0.01 * double(i));
-        for (std::size_t i = 64; i < 104; ++i) xh(3, i / hwc[1], i % hwc[1], hwc[2] - 1) += E(50);
+        for (std::size_t i = 0; i < hwc[0] * hwc[1]; ++i) xh(later, i / hwc[1], i % hwc[1], 0) = E(1e4 + 0.01 * double(i));
+        for (std::size_t i = 64; i < 104; ++i) xh(later, i / hwc[1], i % hwc[1], hwc[2] - 1) += E(50);
         xt::xtensor<E, 1> g = xt::cast<E>(th::randn({hwc[2]}, 1.0, 0.5)), b = xt::cast<E>(th::randn({hwc[2]}, 0.0, 0.5));
         xt::xtensor<E, 4> x = xt::transpose(xh, {0, 3, 1, 2}), dy = xt::transpose(dyh, {0, 3, 1, 2});
         std::vector<E> dxbuf(total + 64);
@@ -586,6 +589,8 @@ TEST_CASE("out of cache, channels-last InstanceNorm and GroupNorm backward pipel
     check(instance_norm{}, float{}, {29, 31, 37});
     check(instance_norm{}, double{}, {29, 31, 37});
     check(group_norm<37>{}, float{}, {13, 11, 333});
+    check(instance_norm{}, float{}, {0, 31, 37}, true);
+    check(group_norm<37>{}, float{}, {0, 11, 333}, true);
 }
 
 namespace {

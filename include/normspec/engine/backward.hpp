@@ -311,6 +311,34 @@ dx_coefficients<T> flat_dx_coefficients(const backward_context<T>& cx, const off
         .wrapped(n);
 }
 
+/// The pipeline of kept indices over channels-last rows (flat_column_rows, streaming): the previous
+/// kept index's dx coefficients, and its dx a block of rows at a time, run just before the same
+/// block of the next one has its sums taken (whose x and dy it asks for into L1), as the forward's
+/// column_pipeline.
+template <class T>
+struct dx_pipeline {
+    std::optional<dx_coefficients<T>> c;  // the previous kept index's, once there is one
+    offsets prev{};
+    /// column_sums' `before`: the previous kept index's dx at the positions of the block of count
+    /// rows at rows[0] (offsets within a kept index) of the next one, kk
+    void block(const backward_context<T>& cx, const offsets& kk, const offsets* rows, index_t count) const {
+        const index_t n = cx.inner.extent;
+        if (c)
+            flat_dx<true>(true, cx.a.x.data + prev.x, cx.a.dy.data + prev.dy, cx.a.dx.data + prev.y, rows[0].x, rows[0].x + count * n,
+                          n, *c, cx.a.x.data + kk.x, cx.a.dy.data + kk.dy);
+    }
+    /// kept index kk's sums are final (ln): it is the previous one from here on
+    void advance(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln) {
+        c = flat_dx_coefficients(cx, kk, ln);
+        prev = kk;
+    }
+    /// the last one's dx alone, over its rows [r0, r1)
+    void finish(const backward_context<T>& cx, index_t r0, index_t r1) const {
+        const index_t n = cx.inner.extent;
+        if (c) flat_dx(true, cx.a.x.data + prev.x, cx.a.dy.data + prev.dy, cx.a.dx.data + prev.y, r0 * n, r1 * n, n, *c);
+    }
+};
+
 /// dx for rows [r0, r1), row by row (memory read and written in order); rows that are contiguous
 /// in x, dy and dx (BatchNorm, InstanceNorm and GroupNorm on NHWC) as one flat run, with streaming stores when asked for
 template <class T>
@@ -809,8 +837,19 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     // (0.7-1.5x at two); each against a streaming copy in the same process. A hand-written
     // two-phase backward of whole rows reached 0.42-0.58 of the three-stream limit (these kernels:
     // 0.39-0.47 in docs/benchmarks.md).
+    // With more kept indices than threads but fewer than two per thread, out of cache, rows back to
+    // back (GroupNorm and InstanceNorm on NHWC, three samples on two threads), the threads split
+    // every kept index's rows too, and the kept indices pipeline as in the per-thread kernels
+    // below: each thread's dx over its rows of the previous kept index goes with its sums over the
+    // same rows of this one (dx_pipeline), where the threads would take one and two kept indices
+    // in two sweeps each. Old and new engines in one process, each in both link places, two
+    // threads: GroupNorm NHWC 3x320x96x96 at 0.81-0.89 of the time, 3x320x64x64 at 0.77-0.92,
+    // InstanceNorm NHWC 3x64x112x112 at 0.71-1.00; with two samples (2x320x96x96), one per thread,
+    // 1.00-1.15x, so one kept index per thread keeps its two sweeps (the previous sample's x and
+    // dy, 24 MiB, do not stay in L3 for the pipeline to read).
     const int wanted = threads_for(total, a.threads);
-    if (vector_columns && nk < wanted) {
+    const bool split_pipeline = vector_columns && stream && detail::flat_column_rows(cx) && nk > wanted && nk < 2 * wanted;
+    if (vector_columns && (nk < wanted || split_pipeline)) {
         std::vector<double> parts(std::size_t(wanted) * std::size_t(n) * 5), merged(std::size_t(n) * 5);
         detail::column_lanes<T> ln;
         std::vector<double> dg_all(pc, 0.0), db_all(pc, 0.0);
@@ -822,23 +861,33 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
                     for (index_t j = 0; j < n; ++j) merged[std::size_t(w) * std::size_t(n) + std::size_t(j)] += part(t, w)[j];
             std::fill(parts.begin(), parts.end(), 0.0);
         };
+        detail::dx_pipeline<T> pipe;  // (split_pipeline)
         for_range(K, 0, nk, [&](const offsets& kk) {
             ln.init(cx, kk);
             std::fill(parts.begin(), parts.end(), 0.0);
             team(wanted, [&] {
                 const int t = thread_id();
                 const auto [r0, r1] = split(nr, t, team_size());
-                detail::column_sums(cx, kk, ln, r0, r1, part(t, 0), part(t, 1), part(t, 2), part(t, 3), exact_mean ? part(t, 4) : nullptr);
+                detail::column_sums(cx, kk, ln, r0, r1, part(t, 0), part(t, 1), part(t, 2), part(t, 3), exact_mean ? part(t, 4) : nullptr,
+                                    [&](const offsets* rows, index_t count) { pipe.block(cx, kk, rows, count); });
+                if (pipe.c) simd::fence();
             });
             merge(5);
             auto m = [&](int w) { return &merged[std::size_t(w) * std::size_t(n)]; };
             ln.finish(cx, kk, m(0), m(1), m(2), m(3), exact_mean ? m(4) : nullptr, pc ? dg_all.data() : nullptr,
                       pc ? db_all.data() : nullptr);
+            if (split_pipeline) return pipe.advance(cx, kk, ln);
             team(wanted, [&] {
                 const auto [r0, r1] = split(nr, thread_id(), team_size());
                 detail::column_dx(cx, kk, ln, r0, r1);
             });
         });
+        if (pipe.c)
+            team(wanted, [&] {
+                const auto [r0, r1] = split(nr, thread_id(), team_size());
+                pipe.finish(cx, r0, r1);
+                simd::fence();
+            });
         for (std::size_t i = 0; i < pc; ++i) {
             if (a.dgamma) a.dgamma[i] = T(dg_all[i]);
             if (a.dbeta) a.dbeta[i] = T(db_all[i]);
@@ -980,22 +1029,16 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         // forward's (columns_per_kept): the previous one's dx over a block, its x and dy from cache,
         // while the same block of this one's x and dy is asked for, whose sums follow.
         const bool pipelined = vector_columns && stream && detail::flat_column_rows(cx) && nk >= 2 * index_t(team);
-        std::optional<detail::dx_coefficients<T>> prev_dx;  // the previous kept index's (pipelined)
-        offsets prev{};
+        detail::dx_pipeline<T> pipe;  // (pipelined)
         auto columns_kernel = [&](const offsets& kk) {  // the two sweeps over all rows of this kept index
             lanes_state.init(cx, kk);
             for (auto* v : {&residue, &t1, &t2, &tg, &tb}) v->assign(std::size_t(n), 0.0);
             double* tr = cx.a.mean && !cx.a.constant_stats ? residue.data() : nullptr;
-            auto previous_block = [&](const offsets* rows, index_t count) {  // positions [rows[0].x, + count * n)
-                if (prev_dx)
-                    detail::flat_dx<true>(true, X + prev.x, DY + prev.dy, DX + prev.y, rows[0].x, rows[0].x + count * n, n, *prev_dx,
-                                          X + kk.x, DY + kk.dy);
-            };
-            detail::column_sums(cx, kk, lanes_state, 0, nr, t1.data(), t2.data(), tg.data(), tb.data(), tr, previous_block);
+            detail::column_sums(cx, kk, lanes_state, 0, nr, t1.data(), t2.data(), tg.data(), tb.data(), tr,
+                                [&](const offsets* rows, index_t count) { pipe.block(cx, kk, rows, count); });
             lanes_state.finish(cx, kk, t1.data(), t2.data(), tg.data(), tb.data(), tr, dg, db);
             if (!pipelined) return detail::column_dx(cx, kk, lanes_state, 0, nr);
-            prev_dx = detail::flat_dx_coefficients(cx, kk, lanes_state);
-            prev = kk;
+            pipe.advance(cx, kk, lanes_state);
         };
         // rows whose parameters lie along them (LayerNorm, RMSNorm): blocks of rows share each
         // load and store of dgamma, dbeta and gamma; four rows with AVX-512's 32 registers, two
@@ -1127,7 +1170,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             });
         });
         if (nb) flush_rows();
-        if (prev_dx) detail::flat_dx(true, X + prev.x, DY + prev.dy, DX + prev.y, 0, nr * n, n, *prev_dx);  // the last one's dx alone
+        pipe.finish(cx, 0, nr);  // the last one's dx alone
         if (pending) flush_params();
         if (stream) simd::fence();
         param_sums.write_in_team(a);
