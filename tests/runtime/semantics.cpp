@@ -652,11 +652,14 @@ TEST_CASE("out of cache, channels-last kept indices form a pipeline a block of r
     auto run = [&](auto spec, auto type, std::array<std::size_t, 3> hwc, long groups, auto&& edit) {
         check_streamed_forward<decltype(spec), decltype(type), N, H, W, C>(hwc, 3, groups, count_for, edit);
     };
-    auto ramp_and_outliers = [](auto& x) {  // sample 3 (a later one in every thread's pipeline)
-        const std::size_t c = x.shape(3);
-        for (std::size_t i = 0; i < 29 * 31; ++i) x(3, i / 31, i % 31, 0) = 1e4 + 0.01 * double(i);  // sorted ramp
-        for (std::size_t i = 64; i < 104; ++i) x(3, i / 31, i % 31, c - 1) += 50;                 // a block's first rows
+    auto ramp_and_outliers_in = [](std::size_t s) {  // in sample s
+        return [s](auto& x) {
+            const std::size_t w = x.shape(2), c = x.shape(3);
+            for (std::size_t i = 0; i < 29 * 31; ++i) x(s, i / w, i % w, 0) = 1e4 + 0.01 * double(i);  // sorted ramp
+            for (std::size_t i = 64; i < 104; ++i) x(s, i / w, i % w, c - 1) += 50;                 // a block's first rows
+        };
     };
+    const auto ramp_and_outliers = ramp_and_outliers_in(3);  // sample 3 (a later one in every thread's pipeline)
     run(instance_norm{}, float{}, {29, 31, 37}, 0, ramp_and_outliers);
     run(instance_norm{}, double{}, {29, 31, 37}, 0, ramp_and_outliers);
     run(instance_norm{}, float{}, {13, 11, 333}, 0, [](auto&) {});
@@ -673,12 +676,8 @@ TEST_CASE("out of cache, channels-last kept indices form a pipeline a block of r
         const auto pl = plan_for<S>({"N", "H", "W", "C"}, {engine::index_t(samples), engine::index_t(hwc[0]), engine::index_t(w), engine::index_t(c)}, true);
         const auto d = engine::decide<float>(pl.p, pl.size, 2, 0, false, false);
         CHECK((d.threads == 2 && d.stream && d.pipelined && d.split_reduction));
-        auto last_sample = [](auto& x) {  // a sorted ramp and outliers first in the last sample
-            const std::size_t s = x.shape(0) - 1, xw = x.shape(2), xc = x.shape(3);
-            for (std::size_t i = 0; i < 29 * 31; ++i) x(s, i / xw, i % xw, 0) = 1e4 + 0.01 * double(i);
-            for (std::size_t i = 64; i < 104; ++i) x(s, i / xw, i % xw, xc - 1) += 50;
-        };
-        check_streamed_forward<S, float, N, H, W, C>(hwc, 3, groups, [&](std::size_t) { return samples; }, last_sample);
+        check_streamed_forward<S, float, N, H, W, C>(hwc, 3, groups, [&](std::size_t) { return samples; },
+                                                     ramp_and_outliers_in(samples - 1));  // in the last sample
     };
     for (std::size_t samples : {2, 3}) {
         CAPTURE(samples);

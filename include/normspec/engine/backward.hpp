@@ -848,7 +848,9 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     // 1.00-1.15x, so one kept index per thread keeps its two sweeps (the previous sample's x and
     // dy, 24 MiB, do not stay in L3 for the pipeline to read).
     const int wanted = threads_for(total, a.threads);
-    const bool split_pipeline = vector_columns && stream && detail::flat_column_rows(cx) && nk > wanted && nk < 2 * wanted;
+    // (rows back to back, streaming: the kept indices can pipeline, here or per thread below)
+    const bool pipeline_columns = vector_columns && stream && detail::flat_column_rows(cx);
+    const bool split_pipeline = pipeline_columns && nk > wanted && nk < 2 * wanted;
     if (vector_columns && (nk < wanted || split_pipeline)) {
         std::vector<double> parts(std::size_t(wanted) * std::size_t(n) * 5), merged(std::size_t(n) * 5);
         detail::column_lanes<T> ln;
@@ -1028,7 +1030,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         // and GroupNorm on NHWC), the kept indices form a pipeline a block of rows at a time, as the
         // forward's (columns_per_kept): the previous one's dx over a block, its x and dy from cache,
         // while the same block of this one's x and dy is asked for, whose sums follow.
-        const bool pipelined = vector_columns && stream && detail::flat_column_rows(cx) && nk >= 2 * index_t(team);
+        const bool pipelined = pipeline_columns && nk >= 2 * index_t(team);
         detail::dx_pipeline<T> pipe;  // (pipelined)
         auto columns_kernel = [&](const offsets& kk) {  // the two sweeps over all rows of this kept index
             lanes_state.init(cx, kk);

@@ -779,10 +779,12 @@ inline loop_dim group_channels(const plan& p) {
 /// Fused, with streaming stores, over rows of kept columns back to back whose parameters fold into
 /// per-column coefficients (InstanceNorm and GroupNorm on channels-last data), with two kept
 /// indices or more for each thread: each thread's kept indices form a pipeline
-/// (columns_per_kept), a block of rows at a time, as pipelined_rows' do a run at a time.
+/// (columns_per_kept), a block of rows at a time, as pipelined_rows' do a run at a time. GroupNorm
+/// needs only two kept indices: with fewer than two for each thread, its threads split the rows
+/// and the kept indices form one pipeline (grouped_split).
 inline bool pipelined_columns(const plan& p, bool fused, bool stream, int threads) {
     if (!fused || !stream || group_blocks(p)) return false;
-    if (grouped_columns(p)) {  // two kept indices or more for each thread, or split rows (grouped_split)
+    if (grouped_columns(p)) {
         const outer_loops o = outer_of(p.fused, 2);
         return flat_columns(o.R, group_channels(p)) && count_of(o.K) >= 2;
     }

@@ -408,9 +408,9 @@ template <bool Stream, class T, class F>
         }
     }
     if (c >= L) {
-        // A vector steps past the last lane at most once: the lane wraps without a branch. The
-        // loop above branches once per row of lanes, and g++ lays it out with two more taken
-        // jumps per vector; this form measured 0.85-0.91 of the time on the channels-last forward
+        // A vector steps past the last lane at most once: the lane wraps without a branch.
+        // advance's loop (below, for fewer lanes) branches once per row of lanes, and g++ laid
+        // it out with two more taken jumps per vector; this form measured 0.85-0.91 of the time on the channels-last forward
         // kernels (BatchNorm NHWC evaluation 32x64x56x56 and 50x2048x7x7, InstanceNorm
         // 32x64x56x56, at one and two threads), 0.95-1.0 on GroupNorm 2x320x96x96 and on the
         // backward, never slower (old and new in one process, each in both link places).
