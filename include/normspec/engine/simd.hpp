@@ -407,13 +407,30 @@ template <bool Stream, class T, class F>
             advance(h);
         }
     }
-    if (c >= L) {
+    if (c >= 3 * L) {
+        // Rows of three vectors or more: the vectors up to the lane's wrap (or the end) in an
+        // inner loop that only counts, the wrap once per row. Against the masked wrap below, old
+        // and new in one process, each in both link places, two rounds: BatchNorm NHWC
+        // evaluation in cache 1x320x64x64 0.78-0.94 of the time at one thread and 0.79-0.82 at
+        // two, 2x64x56x56 0.67-0.78, 8x256x32x32 0.78-0.85 (two threads 0.85-1.08), training
+        // 1x320x64x64 0.90-1.01; from memory (32x64x56x56, 50x2048x7x7) and the backward
+        // 0.87-1.13, no trend. Rows of 8 and 16 lanes measured 1.15-1.9x the time (one or two
+        // vectors per row then pay the wrap's branch), 20 lanes 1.0-1.1, 24 0.76: narrower rows
+        // keep the mask.
+        for (;;) {
+            const index_t k = std::min((c - j + L - 1) / L, (e - i) / L);  // vectors from lane j on
+            if (k <= 0) break;
+            for (const index_t stop = i + k * L; i < stop; i += L, j += L) store<Stream>(y + i, f(full_load<T>{i}, j));
+            if (j >= c) j -= c;
+        }
+    } else if (c >= L) {
         // A vector steps past the last lane at most once: the lane wraps without a branch.
         // advance's loop (below, for fewer lanes) branches once per row of lanes, and g++ laid
-        // it out with two more taken jumps per vector; this form measured 0.85-0.91 of the time on the channels-last forward
-        // kernels (BatchNorm NHWC evaluation 32x64x56x56 and 50x2048x7x7, InstanceNorm
-        // 32x64x56x56, at one and two threads), 0.95-1.0 on GroupNorm 2x320x96x96 and on the
-        // backward, never slower (old and new in one process, each in both link places).
+        // it out with two more taken jumps per vector; this form measured 0.85-0.91 of the time
+        // on the channels-last forward kernels (BatchNorm NHWC evaluation 32x64x56x56 and
+        // 50x2048x7x7, InstanceNorm 32x64x56x56, at one and two threads), 0.95-1.0 on GroupNorm
+        // 2x320x96x96 and on the backward, never slower (old and new in one process, each in
+        // both link places); since then rows of three vectors or more take the form above.
         for (; i + L <= e; i += L) {
             store<Stream>(y + i, f(full_load<T>{i}, j));
             j += L;
