@@ -407,16 +407,19 @@ template <bool Stream, class T, class F>
             advance(h);
         }
     }
-    if (c >= 3 * L) {
-        // Rows of three vectors or more: the vectors up to the lane's wrap (or the end) in an
-        // inner loop that only counts, the wrap once per row. Against the masked wrap below, old
-        // and new in one process, each in both link places, two rounds: BatchNorm NHWC
-        // evaluation in cache 1x320x64x64 0.78-0.94 of the time at one thread and 0.79-0.82 at
-        // two, 2x64x56x56 0.67-0.78, 8x256x32x32 0.78-0.85 (two threads 0.85-1.08), training
-        // 1x320x64x64 0.90-1.01; from memory (32x64x56x56, 50x2048x7x7) and the backward
-        // 0.87-1.13, no trend. Rows of 8 and 16 lanes measured 1.15-1.9x the time (one or two
-        // vectors per row then pay the wrap's branch), 20 lanes 1.0-1.1, 24 0.76: narrower rows
-        // keep the mask.
+    if (!Stream && c >= 3 * L) {
+        // Stores through the cache, rows of three vectors or more: the vectors up to the lane's
+        // wrap (or the end) in an inner loop that only counts, the wrap once per row. Against the
+        // masked wrap below, old and new in one process, each in both link places, four rounds:
+        // BatchNorm NHWC evaluation in cache 1x320x64x64 0.69-0.94 of the time at one thread and
+        // 0.79-0.95 at two, 2x64x56x56 0.60-0.86, 8x256x32x32 0.78-1.00 (two threads 0.85-1.08),
+        // training 1x320x64x64 0.88-1.01, InstanceNorm NHWC 1x320x64x64 0.93-0.94, GroupNorm
+        // NHWC 8x256x32x32 and the backward's dx 0.97-1.05. Rows of 8 and 16 lanes measured
+        // 1.15-1.9x the time (one or two vectors per row then pay the wrap's branch), 20 lanes
+        // 1.0-1.1, 24 0.76: narrower rows keep the mask. So do streaming stores, bound by memory:
+        // there this form measured no gain (BatchNorm NHWC evaluation 32x64x56x56 and
+        // 50x2048x7x7, GroupNorm NHWC 2x320x96x96: 0.87-1.13) and 1.02-1.37x the time on
+        // InstanceNorm NHWC 32x64x56x56's pipeline at one thread.
         for (;;) {
             const index_t k = std::min((c - j + L - 1) / L, (e - i) / L);  // vectors from lane j on
             if (k <= 0) break;
@@ -430,7 +433,8 @@ template <bool Stream, class T, class F>
         // on the channels-last forward kernels (BatchNorm NHWC evaluation 32x64x56x56 and
         // 50x2048x7x7, InstanceNorm 32x64x56x56, at one and two threads), 0.95-1.0 on GroupNorm
         // 2x320x96x96 and on the backward, never slower (old and new in one process, each in
-        // both link places); since then rows of three vectors or more take the form above.
+        // both link places); since then rows of three vectors or more through the cache take the
+        // form above.
         for (; i + L <= e; i += L) {
             store<Stream>(y + i, f(full_load<T>{i}, j));
             j += L;
