@@ -1115,9 +1115,6 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
               (schedule == 1 || d.grouped_columns || d.group_blocks || (schedule == 0 && detail::fusable<T>(p, d.threads)));
     d.stats_in_order = !d.fused && !use_running && detail::runs_in_memory_order<T>(p);
     d.flat_runs = detail::flat_runs_apply<T>(p, d.fused);
-    // fewer kept indices than threads: the threads split the reduction
-    if (!d.grouped_columns && !d.fused && !use_running)
-        d.split_reduction = count_of(outer_of(p.stats, 1).K) < d.threads && d.threads > 1;
     // Where the kept indices form a pipeline once y streams (pipelined_rows: rows, planes, rows
     // with gamma and beta along them), all of x and y past 3/8 of the last-level cache stream, at
     // any thread count: at two threads, 16 MiB of x and y, LayerNorm 2048x1024 and BatchNorm and
@@ -1134,7 +1131,10 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     const loop_dim& run = d.fused ? p.fused.back() : p.apply.back();
     if (!d.grouped_columns && !d.group_blocks && run.reduced && run.extent < detail::stream_run_min && !d.flat_runs) d.stream = d.stream_whole = false;
     d.pipelined = detail::pipelined_rows(p, d.fused, d.stream) || detail::pipelined_columns(p, d.fused, d.stream, d.threads);
-    if (d.grouped_columns) d.split_reduction = detail::grouped_split(p, d.stream, d.threads);  // (the kept indices outside the group's two loops)
+    // The threads split the reduction: two sweeps with fewer kept indices than threads; grouped
+    // columns where grouped_split (which needs the stream and pipeline decisions above)
+    d.split_reduction = d.grouped_columns ? detail::grouped_split(p, d.stream, d.threads)
+                                          : !d.fused && !use_running && count_of(outer_of(p.stats, 1).K) < d.threads && d.threads > 1;
     return d;
 }
 
