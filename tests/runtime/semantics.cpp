@@ -461,6 +461,23 @@ TEST_CASE("streaming stores: decided by each thread's share of x and y, or all o
         const auto cols2 = engine::decide<float>(cols.p, cols.size, 2, 0, false, false);
         if (cols2.threads == 2) CHECK_FALSE(cols2.stream);
     }
+    {
+        // x and y past 1/4 of the last-level cache but under 3/8: one thread streams y, rows,
+        // planes and channels-last columns alike; at two threads nothing does (each share under
+        // 1/4, all of it under the pipeline's 3/8)
+        const std::size_t width = 1031;
+        const auto rows = std::size_t(0.3 * engine::detail::llc_bytes() / double(2 * sizeof(float) * width));
+        for (const auto& [p, size] : {plan_for<layer_norm>({"T", "D"}, {engine::index_t(rows), engine::index_t(width)}, true),
+                                      plan_for<instance_norm>({"N", "C", "H", "W"}, {engine::index_t(rows), 1, 1, engine::index_t(width)}, true),
+                                      plan_for<batch_norm>({"N", "H", "W", "C"}, {engine::index_t(rows), 1, 1, engine::index_t(width)}, true)}) {
+            CAPTURE(p.pattern());
+            const auto one = engine::decide<float>(p, size, 1, 0, false, false);
+            CHECK((one.stream && !one.stream_whole));
+            CHECK(engine::explain(p, one).find("each thread's share of x and y exceeds 1/4 of the last-level cache") != std::string::npos);
+            const auto two = engine::decide<float>(p, size, 2, 0, false, false);
+            if (two.threads == 2) CHECK_FALSE(two.stream);
+        }
+    }
     // widths: every row at its own offset from a vector boundary (1031: row by row), all rows at
     // the same one (1024, and 256, the shortest rows that stream: blocks of rows stream together);
     // y one float past a vector boundary, so that heads and tails run

@@ -6,8 +6,9 @@
 //   2. normalize: rstd and gamma folded into one per-statistic scale (beta the shift) when the
 //      parameters live on kept axes, so each element costs a subtract and a multiply-add:
 //      y = (x - mean) * scale + shift; otherwise ((x - mean) * rstd + shift) * gamma + beta.
-//      Outputs go out with streaming stores once each thread's share of x and y passes 3/8 of
-//      the last-level cache (all of x and y, where the kept indices then form a pipeline).
+//      Outputs go out with streaming stores once each thread's share of x and y passes 1/4 of
+//      the last-level cache (all of x and y past 3/8 of it, where the kept indices then form a
+//      pipeline).
 // Nothing here names an alias: the plan's loop dims are all the kernels see.
 #ifndef NORMSPEC_ENGINE_FORWARD_HPP
 #define NORMSPEC_ENGINE_FORWARD_HPP
@@ -143,7 +144,7 @@ inline double llc_bytes() {
 /// rather than a few columns at a time down each block of rows (column_group): when the rows
 /// come from memory and are wider than two groups of four vectors (narrower, the groups read a
 /// block nearly in memory order). From memory: past a quarter of the last-level cache, or when
-/// the call's output streams (`streaming`: each thread's share of x and y passes 3/8 of it, so
+/// the call's output streams (`streaming`: each thread's share of x and y passes 1/4 of it, so
 /// a slab read per kept index comes from memory even when it is small). Old and new engines in
 /// one process, alternating calls, against column groups that asked for the next block's rows
 /// in L2 along the way: BatchNorm NHWC 50x2048x7x7 at 0.76-0.90 of the time, GroupNorm NHWC
@@ -1059,12 +1060,25 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
 }
 
 /// Whether y goes out with streaming stores: once each of the `threads` threads' share of `bytes`
-/// (x and y together) passes 3/8 of the last-level cache. At 16 MiB on one thread streaming
+/// (x and y together) passes 1/4 of the last-level cache. At 16 MiB on one thread streaming
 /// measured 1.6x (LayerNorm 2048x1024) to 2.2x (BatchNorm NCHW 8x256x32x32) faster than stores
-/// through the cache; at 10 MiB on one thread, and at 16 MiB split over two, stores through the
-/// cache measured up to 2.3x faster (GroupNorm NCHW 1x320x64x64; BatchNorm 8x256x32x32 at two
-/// threads). Each pair measured in one run, the two orders alternated.
-inline bool stream_output(double bytes, int threads) { return bytes / double(std::max(threads, 1)) > 0.375 * llc_bytes(); }
+/// through the cache. Between 1/4 and 3/8 (10 MiB: 1x320x64x64 on one thread; old and new
+/// engines in one process, each its own y, each in both places, two runs), BatchNorm NHWC and
+/// NCHW in training and evaluation, InstanceNorm and GroupNorm NHWC and GroupNorm NCHW streamed
+/// in 0.65-1.22 of the time with y still in L3 from the call before (GroupNorm NCHW 0.65-0.69,
+/// BatchNorm NCHW evaluation 0.93-1.33) and in 0.47-0.94 with y flushed before each call (a
+/// store through the cache then first reads y's line from memory); at 4-8 MiB with y in L3,
+/// streaming measured 0.79-1.56x the time (BatchNorm NHWC evaluation 1.28-1.56x), and 0.47-0.81
+/// with y flushed. (The bound was 3/8, from an earlier measurement that found stores through the
+/// cache up to 2.3x faster at 10 MiB on one thread; not reproduced with y in L3 or flushed. This
+/// machine's L3 is shared with other tenants, so how much of it holds y varies.)
+inline bool stream_output(double bytes, int threads) { return bytes / double(std::max(threads, 1)) > 0.25 * llc_bytes(); }
+
+/// Whether all of x and y (`bytes`) stream where the kept indices form a pipeline: past 3/8 of
+/// the last-level cache, at any thread count (see decide()). At two threads, 10 MiB (GroupNorm
+/// and BatchNorm NCHW training 1x320x64x64), streaming measured 1.0-1.33x the time with y in L3
+/// and 0.55-0.78 with y flushed before each call: through the cache, as the benchmarks run.
+inline bool stream_pipeline(double bytes) { return bytes > 0.375 * llc_bytes(); }
 
 /// Whether the normalize sweep runs flat runs of short runs (not fused; parameters folded)
 template <class T>
@@ -1122,7 +1136,7 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     // (channels-last columns 0.76-1.32: those keep each thread's share as the rule).
     const double bytes = 2.0 * double(total) * sizeof(T);
     const bool share = detail::stream_output(bytes, d.threads);
-    d.stream_whole = !in_place && !share && detail::stream_output(bytes, 1) && detail::pipelined_rows(p, d.fused, true);
+    d.stream_whole = !in_place && !share && detail::stream_pipeline(bytes) && detail::pipelined_rows(p, d.fused, true);
     d.stream = !in_place && (share || d.stream_whole);
     // Short reduced runs (BatchNorm's 7x7 planes) would start and end every run with plain stores
     // in lines the streaming stores also write: plain stores throughout measured 3.7x faster
@@ -1200,7 +1214,7 @@ inline std::string explain(const plan& p, const decision& d) {
     s += std::string("stores: ") +
          (!d.stream             ? "cached"
           : d.stream_whole ? "streaming (x and y exceed 3/8 of the last-level cache, and the kept indices form a pipeline)"
-                                : "streaming (each thread's share of x and y exceeds 3/8 of the last-level cache)") +
+                                : "streaming (each thread's share of x and y exceeds 1/4 of the last-level cache)") +
          "\n";
     return s;
 }
