@@ -654,12 +654,19 @@ TEST_CASE("out of cache, channels-last kept indices form a pipeline a block of r
         const auto dg = engine::decide<float>(gn.p, gn.size, 1, 0, false, false);
         CHECK((dg.grouped_columns && dg.pipelined));
         CHECK(engine::explain(gn.p, dg).find("the same rows of the next are asked for") != std::string::npos);
-        // GroupNorm with fewer than two samples per thread: the threads split each sample's rows
-        // and still pipeline the samples; a single sample has nothing to pipeline
+        // GroupNorm and InstanceNorm with fewer than two samples per thread, not one for each:
+        // the threads split each sample's rows and still pipeline the samples; one sample per
+        // thread keeps its two sweeps; a single sample has nothing to pipeline
+        for (const auto& three : {plan_for<group_norm<37>>({"N", "H", "W", "C"}, {3, 401, 403, 333}, true),
+                                  plan_for<instance_norm>({"N", "H", "W", "C"}, {3, 401, 403, 64}, true)}) {
+            CAPTURE(three.p.pattern());
+            const auto d3 = engine::decide<float>(three.p, three.size, 2, 0, false, false);
+            CHECK((d3.threads == 2 && d3.fused && d3.stream && d3.pipelined && d3.split_reduction));
+            CHECK(engine::explain(three.p, d3).find("the reduction is split") != std::string::npos);
+        }
         const auto two = plan_for<group_norm<37>>({"N", "H", "W", "C"}, {2, 401, 403, 333}, true);
         const auto d2 = engine::decide<float>(two.p, two.size, 2, 0, false, false);
-        CHECK((d2.threads == 2 && d2.stream && d2.pipelined && d2.split_reduction));
-        CHECK(engine::explain(two.p, d2).find("the reduction is split") != std::string::npos);
+        CHECK((d2.threads == 2 && d2.stream && d2.pipelined && !d2.split_reduction));
         const auto one = plan_for<group_norm<37>>({"N", "H", "W", "C"}, {1, 401, 403, 333}, true);
         const auto d1 = engine::decide<float>(one.p, one.size, 2, 0, false, false);
         CHECK((d1.split_reduction && !d1.pipelined));
@@ -683,24 +690,24 @@ TEST_CASE("out of cache, channels-last kept indices form a pipeline a block of r
     run(group_norm<37>{}, float{}, {29, 31, 333}, 37, ramp_and_outliers);
     run(group_norm<4>{}, float{}, {29, 31, 36}, 4, ramp_and_outliers);
     run(norm<reduce<H, W>, scale<C>, rms>{}, float{}, {29, 31, 37}, 0, ramp_and_outliers);
-    // GroupNorm, two and three samples, each thread's share of x and y streaming at two threads:
-    // the threads split every sample's rows, and each one's rows of the previous sample are
-    // normalized while the same rows of the next are read (at one thread, a pipeline of samples)
+    // GroupNorm and InstanceNorm, three samples, each thread's share of x and y streaming at two
+    // threads: the threads split every sample's rows, and each one's rows of the previous sample
+    // are normalized while the same rows of the next are read (at one thread, a pipeline of
+    // samples)
     auto split_samples = [&](auto spec, long groups, std::size_t samples, std::size_t c) {
         using S = decltype(spec);
         const std::size_t w = 61, rows = std::size_t(0.12 * engine::detail::llc_bytes() / double(samples * c)) + 1;
         const std::array<std::size_t, 3> hwc{rows / w + 1, w, c};
         const auto pl = plan_for<S>({"N", "H", "W", "C"}, {engine::index_t(samples), engine::index_t(hwc[0]), engine::index_t(w), engine::index_t(c)}, true);
         const auto d = engine::decide<float>(pl.p, pl.size, 2, 0, false, false);
-        CHECK((d.threads == 2 && d.stream && d.pipelined && d.split_reduction));
+        CHECK((d.threads == 2 && d.fused && d.stream && d.pipelined && d.split_reduction));
         check_streamed_forward<S, float, N, H, W, C>(hwc, 3, groups, [&](std::size_t) { return samples; },
                                                      ramp_and_outliers_in(samples - 1));  // in the last sample
     };
-    for (std::size_t samples : {2, 3}) {
-        CAPTURE(samples);
-        split_samples(group_norm<37>{}, 37, samples, 333);  // row by row
-        split_samples(group_norm<4>{}, 4, samples, 36);     // column groups
-    }
+    split_samples(group_norm<37>{}, 37, 3, 333);  // row by row
+    split_samples(group_norm<4>{}, 4, 3, 36);     // column groups
+    split_samples(instance_norm{}, 0, 3, 333);    // row by row
+    split_samples(instance_norm{}, 0, 3, 37);     // column groups
 }
 
 // ---- a call's allocations -------------------------------------------------------------------

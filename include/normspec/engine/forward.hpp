@@ -777,33 +777,86 @@ inline loop_dim group_channels(const plan& p) {
     return channels;
 }
 
-/// Fused, with streaming stores, over rows of kept columns back to back whose parameters fold into
-/// per-column coefficients (InstanceNorm and GroupNorm on channels-last data), with two kept
-/// indices or more for each thread: each thread's kept indices form a pipeline
-/// (columns_per_kept), a block of rows at a time, as pipelined_rows' do a run at a time. GroupNorm
-/// needs only two kept indices: with fewer than two for each thread, its threads split the rows
-/// and the kept indices form one pipeline (grouped_split).
-inline bool pipelined_columns(const plan& p, bool fused, bool stream, int threads) {
-    if (!fused || !stream || group_blocks(p)) return false;
-    if (grouped_columns(p)) {
-        const outer_loops o = outer_of(p.fused, 2);
-        return flat_columns(o.R, group_channels(p)) && count_of(o.K) >= 2;
-    }
+/// Per kept index, per-column moments down reduced rows: GroupNorm on channels-last data
+/// (grouped_columns), or a kept run under reduced rows under kept indices, parameters folded
+/// (InstanceNorm on channels-last data: [keep N, reduce H*W, keep C]). Without kept indices
+/// ([reduce N*H*W, keep C]: BatchNorm, or InstanceNorm of one sample) the two sweeps serve.
+inline bool kept_columns(const plan& p) {
+    if (grouped_columns(p)) return true;
+    if (p.fused.empty() || group_blocks(p)) return false;
     const outer_loops o = outer_of(p.fused, 1);
-    return flat_columns(o.R, p.fused.back()) && count_of(o.K) >= 2 * threads && (!p.has_params || p.fold);
+    return !p.fused.back().reduced && !o.K.empty() && !o.R.empty() && (!p.has_params || p.fold);
 }
 
-/// GroupNorm on channels-last data (grouped_columns) splits each kept index's rows over the threads,
-/// merging their per-channel moments, when there are fewer kept indices than threads, or fewer
-/// than two for each thread where they pipeline (pipelined_columns): split, the kept indices
-/// still form one pipeline, where one kept index per thread would take two sweeps (one reading
-/// from memory, then one writing to it) and three over two threads would leave one thread a
-/// third of the work. Old and new engines in one process, each in both link places, two threads,
-/// three runs: GroupNorm NHWC 2x320x96x96 at 0.90-1.04 of the time, 3x320x96x96 at 0.75-0.80,
-/// 3x320x64x64 at 0.70-0.79.
-inline bool grouped_split(const plan& p, bool stream, int threads) {
-    const index_t nk = count_of(outer_of(p.fused, 2).K);
-    return threads > 1 && (nk < threads || (nk < 2 * threads && pipelined_columns(p, true, stream, threads)));
+/// Fused, with streaming stores, over rows of kept columns back to back (kept_columns) with two kept
+/// indices or more: the kept indices form a pipeline (columns_per_kept), a block of rows at a
+/// time, as pipelined_rows' do a run at a time: each thread's, or, where columns_split, one
+/// whose rows the threads split.
+inline bool pipelined_columns(const plan& p, bool fused, bool stream) {
+    if (!fused || !stream || !kept_columns(p)) return false;
+    const bool grouped = grouped_columns(p);
+    const outer_loops o = outer_of(p.fused, grouped ? 2 : 1);
+    return flat_columns(o.R, grouped ? group_channels(p) : p.fused.back()) && count_of(o.K) >= 2;
+}
+
+/// Kept columns (kept_columns) split each kept index's rows over the threads, merging their
+/// per-column moments, when there are fewer kept indices than threads, or, where they pipeline
+/// (pipelined_columns), fewer than two for each thread and not the same number for all: split,
+/// the kept indices still form one pipeline, where three over two threads would leave one thread
+/// a third of the work in two sweeps. Old and new engines in one process, each in both link
+/// places, two threads, two or three runs: GroupNorm NHWC 3x320x96x96 at 0.75-0.80 of the time,
+/// 3x320x64x64 at 0.70-0.79, InstanceNorm NHWC 3x112x112x64 at 0.64-0.74, 3x64x64x320 at
+/// 0.64-0.78. One kept index per thread keeps its two sweeps: split, GroupNorm NHWC 2x320x96x96
+/// and 2x320x64x64 measured 0.92-1.08 of their time and InstanceNorm NHWC 2x112x112x64 1.05-1.28.
+inline bool columns_split(const plan& p, bool stream, int threads) {
+    if (!kept_columns(p)) return false;
+    const index_t nk = count_of(outer_of(p.fused, grouped_columns(p) ? 2 : 1).K);
+    return threads > 1 && (nk < threads || (nk < 2 * threads && nk % threads != 0 && pipelined_columns(p, true, stream)));
+}
+
+/// Kept columns with their threads splitting each kept index's rows (columns_split): per kept
+/// index, each thread's rows' per-column moments (inner's n columns), merged (Chan), then
+/// coefficients(kk, count, mean, m2) as in columns_per_kept, and the rows split again to
+/// normalize: in a second sweep, or, pipelined, in the column moments' sweep of the next kept
+/// index (each thread the same rows of both).
+template <bool Rms, class T, class Coefficients>
+void split_columns(const loop_dims& K, const loop_dims& R, const loop_dim& inner, const T* x, T* y, int nt, bool stream,
+                   bool pipelined, Coefficients&& coefficients) {
+    const index_t nk = count_of(K), nr = count_of(R), n = inner.extent;
+    std::vector<double> mean(static_cast<std::size_t>(nt * n)), m2(mean.size()), count(static_cast<std::size_t>(nt));
+    std::vector<double> cmean(static_cast<std::size_t>(n)), cm2(cmean.size());
+    column_pipeline<T> pipe;  // pipelined: each thread's rows of the previous kept index go with its rows of this one
+    for_range(K, 0, nk, [&](const offsets& kk) {
+        std::fill(count.begin(), count.end(), 0.0);  // parts of absent threads stay empty
+        team(nt, [&] {
+            const int t = thread_id();
+            const auto [r0, r1] = split(nr, t, team_size());
+            std::vector<const T*> rows;
+            const T* xk = x + kk.x;
+            count[std::size_t(t)] = column_moments<Rms>(R, r0, r1, xk, n, inner.sx, &mean[std::size_t(t * n)], &m2[std::size_t(t * n)],
+                                                        rows, stream, [&](const T* const* p, index_t c) { pipe.block(x, y, xk, p, c, n); });
+            if (pipe.w) simd::fence();
+        });
+        double total = 0;
+        for (index_t c = 0; c < n; ++c) {
+            moments m;
+            for (int t = 0; t < nt; ++t) m.template merge<Rms>(count[std::size_t(t)], mean[std::size_t(t * n + c)], m2[std::size_t(t * n + c)]);
+            cmean[std::size_t(c)] = m.mean, cm2[std::size_t(c)] = m.m2, total = m.count;
+        }
+        const std::array<const T*, 3> co = coefficients(kk, total, cmean.data(), cm2.data());
+        if (pipelined) return pipe.advance(kk, co, n);
+        team(nt, [&] {
+            const auto [r0, r1] = split(nr, thread_id(), team_size());
+            apply_rows_of<T>(stream, R, r0, r1, inner, x + kk.x, y + kk.y, co[0], co[1], co[2], nullptr, nullptr);
+            if (stream) simd::fence();
+        });
+    });
+    if (pipe.w)  // the last one's sweep alone
+        team(nt, [&] {
+            const auto [r0, r1] = split(nr, thread_id(), team_size());
+            pipe.finish(x, y, r0 * n, r1 * n, n);
+            simd::fence();
+        });
 }
 
 /// Group gi of kept index kk, whose statistic is known, spread over its member run: per-position
@@ -879,9 +932,7 @@ void fused_group_blocks(const plan& p, const T* x, T* y, coefficients<T>& k, con
 /// GroupNorm on channels-last data, per kept index: per-channel column moments over the reduced
 /// rows, each group's channels merged (Chan), then one multiply-add per element with per-channel
 /// coefficients rstd_g * gamma_c. A group's run of C/G channels is too short to vectorize alone.
-/// Threads take kept indices; where grouped_split, they split the rows of each, merge their
-/// per-channel moments, and split the rows again to normalize: in a second sweep, or, pipelined,
-/// in the column moments' sweep of the next kept index (each thread the same rows of both).
+/// Threads take kept indices; where columns_split, they split the rows of each (split_columns).
 template <bool Rms, class T, class Known>
 void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, const T* bt, int nt, bool stream,
                            Known&& known) {
@@ -899,60 +950,26 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
             spread_group(k, kk, gi, gd, member, g, bt, cm + gi * cg, csc + gi * cg, csh + gi * cg);
         }
     };
-    // rows [r0, r1) of kept index kk, y = (x - cm_c) * csc_c + csh_c
-    const loop_dim channels = group_channels(p);
-    auto normalize_rows = [&](const offsets& kk, index_t r0, index_t r1, const T* cm, const T* csc, const T* csh) {
-        apply_rows_of<T>(stream, R, r0, r1, channels, x + kk.x, y + kk.y, cm, csc, csh, nullptr, nullptr);
+    // coefficients_of into cm, csc and csh, as columns_per_kept and split_columns ask for them
+    auto coefficients_into = [&](std::vector<T>& cm, std::vector<T>& csc, std::vector<T>& csh) {
+        return [&](const offsets& kk, double count, const double* mean, const double* m2) {
+            coefficients_of(kk, count, mean, m2, cm.data(), csc.data(), csh.data());
+            return std::array<const T*, 3>{cm.data(), csc.data(), csh.data()};
+        };
     };
-    const bool pipelined = pipelined_columns(p, true, stream, nt);
-    if (!grouped_split(p, stream, nt)) {
-        team(nt, [&] {
-            const auto [kb, ke] = split(nk, thread_id(), team_size());
-            std::vector<T> cm(n), csc(n), csh(n);
-            columns_per_kept<Rms>(K, kb, ke, R, channels, x, y, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
-                                  stream, pipelined, [&](const offsets& kk, double count, const double* mean, const double* m2) {
-                                      coefficients_of(kk, count, mean, m2, cm.data(), csc.data(), csh.data());
-                                      return std::array<const T*, 3>{cm.data(), csc.data(), csh.data()};
-                                  });
-            if (stream) simd::fence();
-        });
-        return;
+    const loop_dim channels = group_channels(p);
+    const bool pipelined = pipelined_columns(p, true, stream);
+    if (columns_split(p, stream, nt)) {
+        std::vector<T> cm(n), csc(n), csh(n);
+        return split_columns<Rms>(K, R, channels, x, y, nt, stream, pipelined, coefficients_into(cm, csc, csh));
     }
-    std::vector<double> mean(static_cast<std::size_t>(nt * n)), m2(mean.size()), count(static_cast<std::size_t>(nt));
-    std::vector<double> cmean(static_cast<std::size_t>(n)), cm2(cmean.size());
-    std::vector<T> cm(n), csc(n), csh(n);
-    column_pipeline<T> pipe;  // pipelined: each thread's rows of the previous kept index go with its rows of this one
-    for_range(K, 0, nk, [&](const offsets& kk) {
-        std::fill(count.begin(), count.end(), 0.0);  // parts of absent threads stay empty
-        team(nt, [&] {
-            const int t = thread_id();
-            const auto [r0, r1] = split(nr, t, team_size());
-            std::vector<const T*> rows;
-            const T* xk = x + kk.x;
-            count[std::size_t(t)] = column_moments<Rms>(R, r0, r1, xk, n, 1, &mean[std::size_t(t * n)], &m2[std::size_t(t * n)],
-                                                        rows, stream, [&](const T* const* p, index_t c) { pipe.block(x, y, xk, p, c, n); });
-            if (pipe.w) simd::fence();
-        });
-        double total = 0;
-        for (index_t c = 0; c < n; ++c) {
-            moments m;
-            for (int t = 0; t < nt; ++t) m.template merge<Rms>(count[std::size_t(t)], mean[std::size_t(t * n + c)], m2[std::size_t(t * n + c)]);
-            cmean[std::size_t(c)] = m.mean, cm2[std::size_t(c)] = m.m2, total = m.count;
-        }
-        coefficients_of(kk, total, cmean.data(), cm2.data(), cm.data(), csc.data(), csh.data());
-        if (pipelined) return pipe.advance(kk, {cm.data(), csc.data(), csh.data()}, n);
-        team(nt, [&] {
-            const auto [r0, r1] = split(nr, thread_id(), team_size());
-            normalize_rows(kk, r0, r1, cm.data(), csc.data(), csh.data());
-            if (stream) simd::fence();
-        });
+    team(nt, [&] {
+        const auto [kb, ke] = split(nk, thread_id(), team_size());
+        std::vector<T> cm(n), csc(n), csh(n);
+        columns_per_kept<Rms>(K, kb, ke, R, channels, x, y, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), stream,
+                              pipelined, coefficients_into(cm, csc, csh));
+        if (stream) simd::fence();
     });
-    if (pipe.w)  // the last one's sweep alone
-        team(nt, [&] {
-            const auto [r0, r1] = split(nr, thread_id(), team_size());
-            pipe.finish(x, y, r0 * n, r1 * n, n);
-            simd::fence();
-        });
 }
 
 /// Statistics and normalization per kept index, while its slab is in cache: x is read from
@@ -969,19 +986,21 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
     // rows with parameters along them: blocks of rows share each load of gamma and beta
     const bool row_blocks = inner.reduced && R.empty() && inner.sx == 1 && inner.sy == 1 && g && inner.sparam == 1;
     const bool pipelined = pipelined_rows(p, true, stream);
-    const bool pipelined_cols = pipelined_columns(p, true, stream, nt);
+    const bool pipelined_cols = pipelined_columns(p, true, stream);
+    // kept columns (InstanceNorm on channels-last data): a kept index's coefficients from its columns' moments
+    auto column_coefficients = [&](const offsets& kk, double count, const double* mean, const double* m2) {
+        for (index_t j = 0; j < n; ++j) {
+            moments m;
+            m.template merge<Rms>(count, mean[j], m2[j]);
+            known(kk.stat + j * inner.sstat, m, kk.param + j * inner.sparam);
+        }
+        return std::array<const T*, 3>{k.mu + kk.stat, k.sc + kk.stat, k.sh + kk.stat};
+    };
+    if (!inner.reduced && columns_split(p, stream, nt)) return split_columns<Rms>(K, R, inner, x, y, nt, stream, pipelined_cols, column_coefficients);
     team(nt, [&] {
         const auto [kb, ke] = split(nk, thread_id(), team_size());
-        if (!inner.reduced) {  // kept columns (InstanceNorm on channels-last data)
-            columns_per_kept<Rms>(K, kb, ke, R, inner, x, y, g, bt, stream, pipelined_cols,
-                                  [&](const offsets& kk, double count, const double* mean, const double* m2) {
-                                      for (index_t j = 0; j < n; ++j) {
-                                          moments m;
-                                          m.template merge<Rms>(count, mean[j], m2[j]);
-                                          known(kk.stat + j * inner.sstat, m, kk.param + j * inner.sparam);
-                                      }
-                                      return std::array<const T*, 3>{k.mu + kk.stat, k.sc + kk.stat, k.sh + kk.stat};
-                                  });
+        if (!inner.reduced) {
+            columns_per_kept<Rms>(K, kb, ke, R, inner, x, y, g, bt, stream, pipelined_cols, column_coefficients);
             if (stream) simd::fence();
             return;
         }
@@ -1096,7 +1115,7 @@ struct decision {
     bool fused = false;            // statistics and normalization per kept index
     bool grouped_columns = false;  // ... with a group's channels merged from per-channel columns
     bool group_blocks = false;     // ... in blocks of groups with short runs, each row's span flat
-    bool split_reduction = false;  // threads split the reduction: fewer kept indices than threads (grouped columns: grouped_split)
+    bool split_reduction = false;  // threads split the reduction: fewer kept indices than threads (kept columns: columns_split)
     bool stream = false;           // streaming stores for y
     bool stream_whole = false;     // ... for all of x and y past the threshold, not each thread's share (a pipeline)
     bool pipelined = false;        // fused: each kept index's normalize sweep takes the next one's moments
@@ -1125,8 +1144,14 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     // (evaluation reads x in memory order, flat_runs: reading it from memory in one block's spans
     // of every row measured 1.4-1.9x slower on fwd_eval/batch_norm/NCHW/50x2048x7x7/t1, same run)
     d.group_blocks = !use_running && schedule != 2 && !in_order && detail::group_blocks(p);
+    const double bytes = 2.0 * double(total) * sizeof(T);
+    const bool share = detail::stream_output(bytes, d.threads);
+    // kept columns whose threads split each kept index's rows (columns_split: their stores stream
+    // by each thread's share) run fused, with any slab
+    const bool split_columns = !use_running && schedule == 0 && !in_order && detail::columns_split(p, !in_place && share, d.threads);
     d.fused = !use_running && !in_order &&
-              (schedule == 1 || d.grouped_columns || d.group_blocks || (schedule == 0 && detail::fusable<T>(p, d.threads)));
+              (schedule == 1 || d.grouped_columns || d.group_blocks || split_columns ||
+               (schedule == 0 && detail::fusable<T>(p, d.threads)));
     d.stats_in_order = !d.fused && !use_running && detail::runs_in_memory_order<T>(p);
     d.flat_runs = detail::flat_runs_apply<T>(p, d.fused);
     // Where the kept indices form a pipeline once y streams (pipelined_rows: rows, planes, rows
@@ -1134,8 +1159,6 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     // any thread count: at two threads, 16 MiB of x and y, LayerNorm 2048x1024 and BatchNorm and
     // GroupNorm NCHW 8x256x32x32 measured 0.64-0.75 of the time of stores through the cache
     // (channels-last columns 0.76-1.32: those keep each thread's share as the rule).
-    const double bytes = 2.0 * double(total) * sizeof(T);
-    const bool share = detail::stream_output(bytes, d.threads);
     d.stream_whole = !in_place && !share && detail::stream_pipeline(bytes) && detail::pipelined_rows(p, d.fused, true);
     d.stream = !in_place && (share || d.stream_whole);
     // Short reduced runs (BatchNorm's 7x7 planes) would start and end every run with plain stores
@@ -1144,11 +1167,11 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     // (Unless they form one flat run per row: flat_runs.)
     const loop_dim& run = d.fused ? p.fused.back() : p.apply.back();
     if (!d.grouped_columns && !d.group_blocks && run.reduced && run.extent < detail::stream_run_min && !d.flat_runs) d.stream = d.stream_whole = false;
-    d.pipelined = detail::pipelined_rows(p, d.fused, d.stream) || detail::pipelined_columns(p, d.fused, d.stream, d.threads);
-    // The threads split the reduction: two sweeps with fewer kept indices than threads; grouped
-    // columns where grouped_split (which needs the stream and pipeline decisions above)
-    d.split_reduction = d.grouped_columns ? detail::grouped_split(p, d.stream, d.threads)
-                                          : !d.fused && !use_running && count_of(outer_of(p.stats, 1).K) < d.threads && d.threads > 1;
+    d.pipelined = detail::pipelined_rows(p, d.fused, d.stream) || detail::pipelined_columns(p, d.fused, d.stream);
+    // The threads split the reduction: two sweeps with fewer kept indices than threads; fused kept
+    // columns where columns_split (which needs the stream decision above)
+    d.split_reduction = d.fused && detail::kept_columns(p) ? detail::columns_split(p, d.stream, d.threads)
+                                                           : !d.fused && !use_running && count_of(outer_of(p.stats, 1).K) < d.threads && d.threads > 1;
     return d;
 }
 
