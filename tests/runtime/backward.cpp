@@ -484,6 +484,14 @@ struct streamed_nchw {
 };
 }  // namespace
 
+TEST_CASE("backward: dx streams once x, dy and dx together pass 3/8 of the last-level cache") {
+    // 1x320x64x64 in float (15.7 MiB of x, dy and dx) streams on this machine's 32 MiB L3;
+    // 1x320x56x56 (12 MiB) stays cached
+    const double llc = engine::detail::llc_bytes();
+    CHECK(engine::detail::stream_dx(0.38 * llc));
+    CHECK_FALSE(engine::detail::stream_dx(0.37 * llc));
+}
+
 TEST_CASE("out of cache: the streaming-store kernels (aligning heads, flat columns, planes) give the same values") {
     // sized from the last-level cache the engine reads, so that x and y (and dy, dx) exceed it and
     // the streaming paths run; y and dx start one float past a vector boundary, so the aligning

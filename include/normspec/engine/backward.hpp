@@ -37,6 +37,20 @@ struct backward_args {
 
 namespace detail {
 
+/// Whether dx goes out with streaming stores: once x, dy and dx together (`bytes`) pass 3/8 of the
+/// last-level cache. Written through the cache, dx's lines evict x and dy before the second sweep
+/// reads them again (the L3 is shared with the other cores of its complex), and each line of dx
+/// is first read from memory unless still in cache. 24 MiB (8x256x32x32), BatchNorm and
+/// GroupNorm, NCHW and NHWC: 1.2-1.7x faster streaming at one thread, 1.1-1.2x at two. Old and new
+/// engines in one process, each its own dx, each in both places, two runs, with dx left in L3 by
+/// the call before and with it flushed before each call: 15.7 MiB (1x320x64x64), BatchNorm,
+/// GroupNorm and InstanceNorm, NCHW and NHWC, streaming took 0.63-0.89 of the time at one thread
+/// with dx in L3 and 0.57-0.88 flushed, 0.69-1.07 and 0.60-0.89 at two; 12 MiB (1x320x56x56)
+/// 0.67-0.95 at one thread with dx in L3 but 0.93-1.20 at two, 8.8 MiB 0.90-1.15 and 1.04-1.27
+/// (0.69-0.89 flushed), so those stay cached. (The bound was half the cache, where an earlier
+/// measurement, streaming against not in one run, had put 15.7 MiB at 0.7-1.2x.)
+inline bool stream_dx(double bytes) { return bytes > 0.375 * llc_bytes(); }
+
 /// A mean as T's value nearest to it and what rounding to that lost: (x - hi) - lo is x - mean
 /// to T's precision, where x - T(mean) alone would carry the rounding into every xhat.
 template <class T>
@@ -780,13 +794,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     // forward's grouped columns); otherwise the innermost loop is the run
     const std::size_t fd = p.fused.size();
     const double inv_n = 1.0 / double(b.reduction_count);
-    // dx with streaming stores once x, dy and dx together pass half the last-level cache: written
-    // through the cache, dx's lines evict x and dy before the second sweep reads them again (the
-    // L3 is shared with the other cores of its complex). Measured in one run, streaming against
-    // not, alternating the order, six samples each: 24 MiB (8x256x32x32) BatchNorm and GroupNorm,
-    // NCHW and NHWC, 1.2-1.7x faster at one thread, 1.1-1.2x at two; 15.7 MiB (1x320x64x64)
-    // 0.7-1.2x, so those stay cached.
-    const bool stream = 3.0 * double(total) * sizeof(T) > 0.5 * detail::llc_bytes();
+    const bool stream = detail::stream_dx(3.0 * double(total) * sizeof(T));
     if (detail::group_blocks(p) && p.fused[fd - 1].sdy == 1 && p.fused[fd - 2].sdy == p.fused[fd - 1].extent &&
         p.fused[fd - 1].sparam == 0 && std::all_of(p.fused.begin(), p.fused.end() - 2, [](const loop_dim& d) { return !d.reduced || d.sparam == 0; }))
         return detail::backward_group_blocks(spec, p, a, inv_n, b.param_count, stream, threads_for(total, a.threads));
