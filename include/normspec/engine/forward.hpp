@@ -940,7 +940,7 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
     const outer_loops outer = outer_of(p.fused, 2);
     const loop_dims& K = outer.K;
     const loop_dims& R = outer.R;
-    const index_t nk = count_of(K), nr = count_of(R), cg = member.extent, groups = gd.extent, n = cg * groups;
+    const index_t nk = count_of(K), cg = member.extent, groups = gd.extent, n = cg * groups;
     // per-channel coefficients of kept index kk from its channels' moments
     auto coefficients_of = [&](const offsets& kk, double count, const double* mean, const double* m2, T* cm, T* csc, T* csh) {
         for (index_t gi = 0; gi < groups; ++gi) {
