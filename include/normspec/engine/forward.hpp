@@ -1146,11 +1146,12 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     d.group_blocks = !use_running && schedule != 2 && !in_order && detail::group_blocks(p);
     const double bytes = 2.0 * double(total) * sizeof(T);
     const bool share = detail::stream_output(bytes, d.threads);
-    // kept columns whose threads split each kept index's rows (columns_split: their stores stream
-    // by each thread's share) run fused, with any slab
-    const bool split_columns = !use_running && schedule == 0 && !in_order && detail::columns_split(p, !in_place && share, d.threads);
+    // kept columns whose threads split each kept index's rows (columns_split) run fused, with any
+    // slab. Their stores stream by each thread's share alone: neither stream_whole
+    // (pipelined_rows) nor the short-run rule below applies to them.
+    const bool kept_split = detail::columns_split(p, !in_place && share, d.threads);
     d.fused = !use_running && !in_order &&
-              (schedule == 1 || d.grouped_columns || d.group_blocks || split_columns ||
+              (schedule == 1 || d.grouped_columns || d.group_blocks || (schedule == 0 && kept_split) ||
                (schedule == 0 && detail::fusable<T>(p, d.threads)));
     d.stats_in_order = !d.fused && !use_running && detail::runs_in_memory_order<T>(p);
     d.flat_runs = detail::flat_runs_apply<T>(p, d.fused);
@@ -1169,8 +1170,8 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     if (!d.grouped_columns && !d.group_blocks && run.reduced && run.extent < detail::stream_run_min && !d.flat_runs) d.stream = d.stream_whole = false;
     d.pipelined = detail::pipelined_rows(p, d.fused, d.stream) || detail::pipelined_columns(p, d.fused, d.stream);
     // The threads split the reduction: two sweeps with fewer kept indices than threads; fused kept
-    // columns where columns_split (which needs the stream decision above)
-    d.split_reduction = d.fused && detail::kept_columns(p) ? detail::columns_split(p, d.stream, d.threads)
+    // columns where columns_split
+    d.split_reduction = d.fused && detail::kept_columns(p) ? kept_split
                                                            : !d.fused && !use_running && count_of(outer_of(p.stats, 1).K) < d.threads && d.threads > 1;
     return d;
 }
