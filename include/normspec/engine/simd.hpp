@@ -416,7 +416,9 @@ template <bool Stream, class T, class F>
         // training 1x320x64x64 0.88-1.01, InstanceNorm NHWC 1x320x64x64 0.93-0.94, GroupNorm
         // NHWC 8x256x32x32 and the backward's dx 0.97-1.05. Rows of 8 and 16 lanes measured
         // 1.15-1.9x the time (one or two vectors per row then pay the wrap's branch), 20 lanes
-        // 1.0-1.1, 24 0.76: narrower rows keep the mask. So do streaming stores, bound by memory:
+        // 1.0-1.1, 24 0.76: narrower rows keep the mask. (Since y streams past 1/4 of the
+        // last-level cache per thread, 1x320x64x64 at one thread streams and takes the mask.)
+        // So do streaming stores, bound by memory:
         // there this form measured no gain (BatchNorm NHWC evaluation 32x64x56x56 and
         // 50x2048x7x7, GroupNorm NHWC 2x320x96x96: 0.87-1.13) and 1.02-1.37x the time on
         // InstanceNorm NHWC 32x64x56x56's pipeline at one thread.
