@@ -370,15 +370,33 @@ TEST_CASE("the large-offset input keeps its variance in float32") {
 
 TEST_CASE("statistics stay exact when a chunk's first values are far from its mean (sorted data, outliers first)") {
     // the one-pass sums about the first vector's mean are only accepted when the mean is within
-    // one standard deviation of it; these rows take the second pass
-    xt::xtensor<float, 3> x = xt::cast<float>(th::randn({1, 4, 3001}, 1e4, 1.0));
-    for (std::size_t i = 0; i < 3001; ++i) x(0, 0, i) = 1e4f + 0.01f * float(i);  // sorted ramp
-    for (std::size_t i = 0; i < 40; ++i) x(0, 1, i) += 50.0f;                     // outliers first
-    for (std::size_t i = 0; i < 3001; ++i) x(0, 2, i) = 1e4f + float(i % 7);     // periodic, offset
-    const auto want = ref::norm(describe<layer_norm>(), {"B", "T", "D"}, xt::cast<double>(x), {}, {}, 0, 1e-5);
-    auto r = forward(layer_norm{}, named<B, T, D>(x));
-    CHECK(th::rel_err(r.rstd, want.rstd) < 1e-6);
-    CHECK(th::rel_err(r.y, want.y) < 2e-6);
+    // one standard deviation of it; these rows take the second pass. Without parameters each row
+    // goes alone; with gamma and beta along the row, rows go in pairs whose first passes share a
+    // loop (accumulate_rows): the far centres fall on both rows of a pair (0 and 1) and on the
+    // odd row left at the end (4), in one chunk (301) and across two (3001)
+    for (std::size_t d : {301, 3001}) {
+        CAPTURE(d);
+        xt::xtensor<float, 3> x = xt::cast<float>(th::randn({1, 5, d}, 1e4, 1.0));
+        for (std::size_t i = 0; i < d; ++i) x(0, 0, i) = 1e4f + 0.01f * float(i);  // sorted ramp
+        // outliers first: the first vector (the centre) 18 standard deviations from the mean at
+        // d = 3001, 6 at 301, so sums about it lose some 300 (30) times float's precision
+        for (std::size_t i = 0; i < 8; ++i) x(0, 1, i) += 50.0f, x(0, 4, i) -= 50.0f;
+        for (std::size_t i = 0; i < d; ++i) x(0, 2, i) = 1e4f + float(i % 7);  // periodic, offset
+        const auto want = ref::norm(describe<layer_norm>(), {"B", "T", "D"}, xt::cast<double>(x), {}, {}, 0, 1e-5);
+        auto r = forward(layer_norm{}, named<B, T, D>(x));
+        CHECK(th::rel_err(r.rstd, want.rstd) < 1e-6);
+        CHECK(th::rel_err(r.y, want.y) < 2e-6);
+        const xt::xarray<double> g = th::randn({d}, 1.0, 0.5), b = th::randn({d}, 0.0, 0.5);
+        const auto want_p = ref::norm(describe<layer_norm>(), {"B", "T", "D"}, xt::cast<double>(x), g, b, 0, 1e-5);
+        const xt::xtensor<float, 1> gf = xt::cast<float>(g), bf = xt::cast<float>(b);
+        auto rp = forward(layer_norm{}, named<B, T, D>(x), gamma(gf), beta(bf));
+        for (std::size_t t = 0; t < 5; ++t) {
+            CAPTURE(t);
+            CHECK(std::abs(rp.rstd(0, t) / want_p.rstd(0, t) - 1) < 1e-6);
+            CHECK(std::abs(rp.mean(0, t) - want_p.mean(0, t)) < 1e-6 * std::abs(want_p.mean(0, t)));
+        }
+        CHECK(th::rel_err(rp.y, want_p.y) < 2e-6);
+    }
 }
 
 TEST_CASE("short planes in wide rows (BatchNorm, InstanceNorm on NCHW with 7x7, 5x5, 3x3 and 2x3 planes)") {

@@ -1040,30 +1040,37 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
         }
         moments acc;
         std::vector<const T*> rows;
-        if (row_blocks) {  // blocks of rows: the statistics of each, then one sweep for all of them
+        if (row_blocks) {  // blocks of rows: their statistics in one loop, then one sweep for all of them
             constexpr int NB = 2;
             const T* xs[NB];
             T* ys[NB];
             T mu[NB], sc[NB], sh[NB];
+            index_t stat[NB], param[NB];
             int nb = 0;
             const T* g0 = nullptr;
             auto flush = [&] {  // through the cache: streaming rows took pipelined_parameter_rows
                 const T* b0 = bt ? bt + (g0 - g) : nullptr;
+                moments m[NB];
+                if (nb == NB && !Rms)
+                    accumulate_rows<NB>(xs, n, m);
+                else  // RMSNorm's rows and the last, partial block: row by row (see accumulate_rows)
+                    for (int r = 0; r < nb; ++r) accumulate_run<Rms>(xs[r], n, 1, m[r]);
+                for (int r = 0; r < nb; ++r) {
+                    known(stat[r], m[r], param[r]);
+                    mu[r] = k.mu[stat[r]], sc[r] = k.sc[stat[r]], sh[r] = k.sh[stat[r]];
+                }
                 if (nb == NB)
                     apply_rows<NB>(xs, ys, n, mu, sc, sh, g0, b0);
-                else  // the last, partial block: row by row
+                else
                     for (int r = 0; r < nb; ++r) apply_rows<1>(xs + r, ys + r, n, mu + r, sc + r, sh + r, g0, b0);
                 nb = 0;
             };
             for_range(K, kb, ke, [&](const offsets& kk) {
                 if (nb > 0 && g + kk.param != g0) flush();  // parameters that vary along kept axes too
-                moments m;
-                accumulate_run<Rms>(x + kk.x, n, 1, m);
-                known(kk.stat, m, kk.param);
                 g0 = g + kk.param;
                 xs[nb] = x + kk.x;
                 ys[nb] = y + kk.y;
-                mu[nb] = k.mu[kk.stat], sc[nb] = k.sc[kk.stat], sh[nb] = k.sh[kk.stat];
+                stat[nb] = kk.stat, param[nb] = kk.param;
                 if (++nb == NB) flush();
             });
             flush();
