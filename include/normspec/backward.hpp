@@ -109,7 +109,7 @@ auto backward(S, const named_tensor<E, A...>& xn, const DY& dy, const saved_stat
         const auto groups = S::grouped ? engine::index_t(saved.rstd.shape()[K - 1]) : 0;  // G from the statistics
         const engine::binding b = engine::bind(desc, engine::axis_views{A::name...}, args.x.shape.data(), args.x.rank,
                                                S::runtime_groups && K > 0 ? groups : 0);
-        const engine::axis_names xnames{std::string(A::name)...};
+        const engine::axis_names xnames{A::name...};
         // dy: its own memory when it has it, in T
         std::optional<xt::xarray<T>> dy_copy;
         if constexpr (detail::has_memory<DY> && std::is_same_v<std::decay_t<typename DY::value_type>, T>) {

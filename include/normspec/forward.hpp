@@ -175,7 +175,7 @@ auto forward(S, const named_tensor<E, A...>& xn, Kw&&... kws) {
         if constexpr (!std::is_same_v<std::decay_t<decltype(o_kw)>, detail::none>) {
             using O = std::decay_t<decltype(o_kw.e)>;
             auto& oe = o_kw.e;
-            const engine::axis_names xnames{std::string(A::name)...};
+            const engine::axis_names xnames{A::name...};
             engine::check_extents("out", xnames, detail::shape_of(xe), detail::shape_of(oe).data(), int(oe.dimension()), "x's");
             if constexpr (detail::has_memory<O> && !std::is_const_v<std::remove_reference_t<decltype(*oe.data())>>) {
                 args.y = detail::lower<T>(oe);

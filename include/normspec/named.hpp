@@ -167,8 +167,8 @@ engine::extents shape_of(const X& x) {
 /// A small tensor (parameters, running statistics) copied row-major as T, after checking that
 /// it has the extents `extents` on the axes `axes`; `whose` names where those come from.
 template <class T, class E>
-xt::xarray<T> packed_checked(const std::string& what, const engine::axis_names& axes, const engine::extents& extents,
-                             const E& e, const std::string& whose) {
+xt::xarray<T> packed_checked(std::string_view what, const engine::axis_names& axes, const engine::extents& extents,
+                             const E& e, std::string_view whose) {
     xt::xarray<T> p(e);
     engine::check_extents(what, axes, extents, shape_of(p).data(), int(p.dimension()), whose);
     return p;
@@ -201,8 +201,8 @@ auto packed_memory(X& e) -> std::conditional_t<std::is_const_v<X>, const T*, T*>
 /// it already is one (no copy), else a copy packed into `storage` (left empty otherwise: an
 /// xt::xarray, even an empty one, allocates).
 template <class T, class E>
-const T* parameter_data(const std::string& what, const engine::axis_names& axes, const engine::extents& extents,
-                        const E& e, std::optional<xt::xarray<T>>& storage, const std::string& whose) {
+const T* parameter_data(std::string_view what, const engine::axis_names& axes, const engine::extents& extents,
+                        const E& e, std::optional<xt::xarray<T>>& storage, std::string_view whose) {
     if (const T* p = packed_memory<T>(e)) {
         const auto shape = shape_of(e);
         engine::check_extents(what, axes, extents, shape.data(), int(shape.size()), whose);

@@ -97,8 +97,9 @@ TEST_CASE("more than eight axes is an error, not a crash") {
 }
 
 TEST_CASE("the engine's in-place vectors and loop names copy, assign and clear like std::vector and std::string") {
-    engine::axis_names a{std::string(40, 'a'), "b"};
-    engine::axis_names b = a;
+    using strings = engine::fixed_vector<std::string, engine::max_rank>;  // values that are not trivially copyable
+    strings a{std::string(40, 'a'), "b"};
+    strings b = a;
     b[0] += "!";
     CHECK(a[0] == std::string(40, 'a'));
     CHECK(b[0] == std::string(40, 'a') + "!");

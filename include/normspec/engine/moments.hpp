@@ -161,8 +161,8 @@ inline void accumulate_run(const T* x, index_t n, index_t s, moments& m) {
 /// Centred moments of NB contiguous rows of n values at once, row b's into m[b]: per chunk, the
 /// first pass (shifted sums, each row about its own centre) over all NB rows in one loop
 /// (simd::shifted_sums_rows), then each row's check and, where its centre was far off, its
-/// second pass (centred_finish). The same sums as accumulate_run's, but the rows' chains of
-/// latencies overlap: a row of a few hundred values is otherwise bound by its chain, from its
+/// second pass (centred_finish). The passes of accumulate_run (with two chains per row where it
+/// takes four, so the rounding differs), but the rows' chains of latencies overlap: a row of a few hundred values is otherwise bound by its chain, from its
 /// first vector (the centre) through the sums to their horizontal adds. Statistics alone, 31
 /// rows of 301 floats in cache, two at a time took 0.8-0.9 of the time of one at a time; 512
 /// rows of 768 (from L3) 0.97-1.03. (The sums of squares of RMSNorm rows, a shorter chain,

@@ -101,7 +101,7 @@ inline binding bind(const spec_desc& spec, const axis_views& names, const index_
             const index_t e = d == b.group_dim ? b.groups : shape[d];
             b.stat_dims.push_back(d);
             b.stat_shape.push_back(e);
-            b.stat_names.push_back(d == b.group_dim ? "G" : std::string(names[d]));
+            b.stat_names.push_back(d == b.group_dim ? std::string_view("G") : names[d]);
             b.stat_count *= e;
         }
     }
@@ -126,25 +126,27 @@ inline binding bind(const spec_desc& spec, const std::vector<std::string_view>& 
 
 /// Throws unless `actual` (rank `actual_rank`) has the extents `expected` on the axes `axes`:
 /// "gamma axis C has extent 32 but the tensor's axis C has extent 64".
-inline void check_extents(const std::string& what, const axis_names& axes, const extents& expected, const index_t* actual,
-                          int actual_rank, const std::string& whose) {
+inline void check_extents(std::string_view what, const axis_names& axes, const extents& expected, const index_t* actual,
+                          int actual_rank, std::string_view whose) {
     auto want = [&] {
         std::string w;
-        for (auto& a : axes) w += (w.empty() ? "" : ",") + a;
+        for (auto& a : axes) (w += w.empty() ? "" : ",") += a;
         return w;
     };
     if (actual_rank != static_cast<int>(expected.size()))
-        fail(what + " has " + std::to_string(actual_rank) + " dimensions but must have " + std::to_string(expected.size()) +
-             " (axes <" + want() + ">)");
+        fail(std::string(what) + " has " + std::to_string(actual_rank) + " dimensions but must have " +
+             std::to_string(expected.size()) + " (axes <" + want() + ">)");
     for (std::size_t i = 0; i < expected.size(); ++i)
-        if (actual[i] != expected[i])
-            fail(what + " axis " + axes[i] + " has extent " + std::to_string(actual[i]) + " but " + whose + " axis " + axes[i] +
-                 " has extent " + std::to_string(expected[i]));
+        if (actual[i] != expected[i]) {
+            const std::string axis(axes[i]);
+            fail(std::string(what) + " axis " + axis + " has extent " + std::to_string(actual[i]) + " but " + std::string(whose) +
+                 " axis " + axis + " has extent " + std::to_string(expected[i]));
+        }
 }
 
 inline axis_names param_axis_names(const binding& b) {
     axis_names v;
-    for (int d : b.param_dims) v.push_back(std::string(b.names[d]));
+    for (int d : b.param_dims) v.push_back(b.names[d]);
     return v;
 }
 
