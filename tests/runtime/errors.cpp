@@ -141,3 +141,21 @@ TEST_CASE("blocks of rows: every row once, in order, in blocks of the size asked
             for (std::size_t i = 0; i < counts.size(); ++i) CHECK(counts[i] == (i + 1 < counts.size() ? 4 : (end - begin - 1) % 4 + 1));
         }
 }
+
+TEST_CASE("the last-level cache: NORMSPEC_LLC_BYTES, then sysfs, then sysconf unless it is a host's total") {
+    using engine::detail::llc_bytes_from;
+    constexpr double MiB = 1024.0 * 1024;
+    CHECK(llc_bytes_from("16M", 32 * MiB, 32 * MiB) == 16 * MiB);  // the variable first
+    CHECK(llc_bytes_from("1048576", 0, 0) == MiB);
+    CHECK(llc_bytes_from("512K", 0, 0) == 512 * 1024);
+    CHECK(llc_bytes_from("1G", 0, 0) == 1024 * MiB);
+    CHECK(llc_bytes_from(nullptr, 8 * MiB, 508 * MiB) == 8 * MiB);  // then sysfs
+    CHECK(llc_bytes_from("", 8 * MiB, 508 * MiB) == 8 * MiB);       // set but empty: unset
+    CHECK(llc_bytes_from(nullptr, 0, 96 * MiB) == 96 * MiB);         // then sysconf, up to one complex's largest
+    CHECK(llc_bytes_from(nullptr, 0, 508 * MiB) == 32 * MiB);        // past it: a host's total, not one core's
+    CHECK(llc_bytes_from(nullptr, 0, 0) == 32 * MiB);
+    CHECK(llc_bytes_from(nullptr, 0, -1) == 32 * MiB);
+    for (const char* bad : {"abc", "32X", "-4M", "0", "M"})
+        CHECK_INVALID(llc_bytes_from(bad, 32 * MiB, 32 * MiB), ("NORMSPEC_LLC_BYTES is '" + std::string(bad) + "'; expected the last-level cache's size").c_str());
+    CHECK(engine::detail::cache_size_of("32768K") == 32 * MiB);  // as sysfs writes it
+}

@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -121,21 +122,52 @@ struct forward_args {
 
 namespace detail {
 
-/// The last-level cache one core sees. sysfs first (what lscpu shows: here 32 MiB), since glibc's
-/// sysconf can report the host's total (320 MiB on this machine); then sysconf; then 32 MiB.
+/// A cache size as text: a number of bytes, or with a K, M or G suffix (sysfs writes "32768K").
+/// 0 when the text is not one.
+inline double cache_size_of(const std::string& text) {
+    char* end = nullptr;
+    const double v = std::strtod(text.c_str(), &end);
+    if (end == text.c_str() || !(v > 0)) return 0;
+    const std::string unit(end);
+    const double scale = unit.empty() ? 1.0 : unit == "K" ? 1024.0 : unit == "M" ? 1024.0 * 1024 : unit == "G" ? 1024.0 * 1024 * 1024 : 0.0;
+    return v * scale;
+}
+
+/// The largest last-level cache one x86 core complex has (AMD's stacked-cache parts: 96 MiB). A
+/// larger L3 from sysconf is a host's total that a guest's CPUID reports: 508 MiB on a 2-core
+/// guest of a Zen 5 host whose one-core reads fall from 84 GB/s at 16 MiB to 49 GB/s at 32 MiB.
+inline constexpr double largest_complex_llc = 96.0 * 1024 * 1024;
+inline constexpr double default_llc = 32.0 * 1024 * 1024;
+
+/// The last-level cache one core sees, from what the machine says, in this order: the environment
+/// variable NORMSPEC_LLC_BYTES (`env`, nullptr or empty: unset; bytes, or K/M/G; anything else
+/// throws, naming the variable); sysfs's L3, or L2 when there is no L3 (`sysfs`, 0: none); glibc's
+/// sysconf (`sysconf_l3`, 0 or less: none), which can be the host's total, so past
+/// largest_complex_llc it is taken as that and replaced by default_llc; else default_llc.
+inline double llc_bytes_from(const char* env, double sysfs, double sysconf_l3) {
+    if (env && *env) {
+        const double v = cache_size_of(env);
+        if (v <= 0)
+            throw std::invalid_argument(std::string("normspec: NORMSPEC_LLC_BYTES is '") + env +
+                                        "'; expected the last-level cache's size in bytes, or with a K, M or G suffix (32M)");
+        return v;
+    }
+    if (sysfs > 0) return sysfs;
+    if (sysconf_l3 > 0 && sysconf_l3 <= largest_complex_llc) return sysconf_l3;
+    return default_llc;
+}
+
+/// The last-level cache one core sees (llc_bytes_from on this machine's sysfs and sysconf), read
+/// once: the bound past which outputs stream and column sweeps go row by row.
 inline double llc_bytes() {
     static const double bytes = [] {
-        for (int index = 3; index >= 2; --index) {
+        double sysfs = 0;
+        for (int index = 3; index >= 2 && sysfs <= 0; --index) {
             std::ifstream f("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size");
             std::string text;
-            if (f >> text && !text.empty()) {
-                const double unit = text.back() == 'K' ? 1024.0 : text.back() == 'M' ? 1024.0 * 1024 : 1.0;
-                const double v = std::atof(text.c_str()) * unit;
-                if (v > 0) return v;
-            }
+            if (f >> text) sysfs = cache_size_of(text);
         }
-        const long l3 = ::sysconf(_SC_LEVEL3_CACHE_SIZE);
-        return l3 > 0 ? double(l3) : 32.0 * 1024 * 1024;
+        return llc_bytes_from(std::getenv("NORMSPEC_LLC_BYTES"), sysfs, double(::sysconf(_SC_LEVEL3_CACHE_SIZE)));
     }();
     return bytes;
 }
