@@ -3,6 +3,10 @@
 
 #include <normspec/engine/forward.hpp>
 
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+
 using namespace normspec;
 
 #define CHECK_INVALID(expr, text) CHECK_THROWS_WITH_AS(expr, doctest::Contains(text), std::invalid_argument)
@@ -115,6 +119,28 @@ TEST_CASE("the engine's in-place vectors and loop names copy, assign and clear l
     CHECK(l.str().substr(0, 5) == "N*H*H");
     CHECK(l.str().substr(60) == "...");
     CHECK(engine::loop_label("G(C)").str() == "G(C)");
+}
+
+TEST_CASE("the engine's per-lane arrays start on a cache line and keep their values as they grow") {
+    using engine::simd::lanes;
+    std::vector<lanes<float>> held;  // several alive at once, of sizes that are not multiples of a line
+    for (std::size_t n : {1, 3, 17, 301, 2064, 100003}) {
+        held.emplace_back(n, 1.5f);
+        CHECK(reinterpret_cast<std::uintptr_t>(held.back().data()) % 64 == 0);
+    }
+    lanes<double> d;
+    for (int i = 0; i < 1000; ++i) {  // reallocations move the values to new aligned blocks
+        d.push_back(i);
+        CHECK(reinterpret_cast<std::uintptr_t>(d.data()) % 64 == 0);
+    }
+    CHECK(std::accumulate(d.begin(), d.end(), 0.0) == 999.0 * 1000 / 2);
+    for (const auto& v : held) CHECK(std::all_of(v.begin(), v.end(), [](float x) { return x == 1.5f; }));
+    const float raw[5] = {1, 2, 3, 4, 5};  // wrapped: the coefficients repeated past the row's end
+    const lanes<float> w = engine::simd::wrapped(raw, 5);
+    CHECK(reinterpret_cast<std::uintptr_t>(w.data()) % 64 == 0);
+    CHECK(w.size() == std::size_t(5 + engine::simd::width<float>));
+    for (std::size_t k = 0; k < w.size(); ++k) CHECK(w[k] == raw[k % 5]);
+    CHECK_THROWS_AS(engine::simd::line_allocator<double>().allocate(std::size_t(-1) / 4), std::bad_array_new_length);
 }
 
 TEST_CASE("blocks of rows: every row once, in order, in blocks of the size asked for") {

@@ -88,7 +88,7 @@ struct backward_context {
 /// Per kept index of a columns plan: what each lane normalized with, and its coefficients.
 template <class T>
 struct column_lanes {
-    std::vector<T> mhi, mlo, rs, c1, c2;
+    simd::lanes<T> mhi, mlo, rs, c1, c2;
     std::vector<double> mean;
     index_t group = 1;
     std::vector<double> grouped;
@@ -214,7 +214,7 @@ void column_sums(const backward_context<T>& cx, const offsets& kk, const column_
     const T* mh = ln.mhi.data();  // with the saved mean, which T holds exactly, mlo is 0
     std::vector<offsets> blocks;
     const index_t np = (n + simd::width<T> - 1) / simd::width<T> * simd::width<T>;
-    std::vector<T> acc(std::size_t(3 * np));
+    simd::lanes<T> acc(std::size_t(3 * np));
     for_blocks(cx.R, r0, r1, column_block_rows(n), blocks, [](const offsets& r) { return r; }, [&](const offsets* rows, index_t count) {
         before(rows, count);
         lane_sums(X, DY, rows, count, mh, n, np, acc.data(), sd.data(), sq.data(), sr.data());
@@ -246,7 +246,7 @@ struct dx_terms {
 /// dx_terms per lane as four arrays (mh, a, b, c)
 template <class T>
 struct dx_coefficients {
-    std::vector<T> mh, a, b, c;
+    simd::lanes<T> mh, a, b, c;
     explicit dx_coefficients(std::size_t n) : mh(n), a(n), b(n), c(n) {}
     /// n lanes from per-lane arrays of the formula's terms
     dx_coefficients(const T* mh_, const T* ml, const T* rs, const T* c1, const T* c2, const T* gw, index_t n)
@@ -495,7 +495,7 @@ void rows_sums(const T* const* xp, const T* const* dyp, index_t n, const row_coe
 /// the calling thread zeroes them before the team and merges them after it.
 class param_parts {
     std::size_t pc_;
-    std::vector<double>& v_;
+    simd::lanes<double>& v_;
     int team_ = 1;  // the team that ran: OpenMP may give fewer threads than asked for
 
     bool shared() const { return pc_ >= 16384; }
@@ -918,8 +918,8 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         using V = simd::vec<T>;
         constexpr index_t L = simd::width<T>;
         // (each team thread's own kept work space)
-        std::vector<T>& dgT = detail::kept_zeros<T, 1>(vector_rows && inner.sparam == 1 ? pc : 0);
-        std::vector<T>& dbT = detail::kept_zeros<T, 2>(dgT.size());
+        simd::lanes<T>& dgT = detail::kept_zeros<T, 1>(vector_rows && inner.sparam == 1 ? pc : 0);
+        simd::lanes<T>& dbT = detail::kept_zeros<T, 2>(dgT.size());
         index_t pending = 0;  // runs accumulated in dgT/dbT since they were last merged into dg/db
         auto flush_params = [&] {
             for (std::size_t i = 0; i < dgT.size(); ++i) {

@@ -283,7 +283,7 @@ std::vector<moments> runs_statistics(const plan& p, const T* x, index_t stat_cou
         const auto [kb, ke] = split(kd.extent, thread_id(), team_size());
         if (kb == ke) return;
         const std::size_t nk = std::size_t(ke - kb);
-        std::vector<T> centre(nk, T(0));
+        simd::lanes<T> centre(nk, T(0));
         std::vector<double> lin(nk, 0.0), sq(nk, 0.0);
         bool first = true;
         for_range(rows, 0, nrows, [&](const offsets& o) {
@@ -401,7 +401,7 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
 /// x - mu is exact, where x * sc - mean * sc, or a float mean alone, would cost 1e-4 of y.
 template <class T>
 struct coefficients {
-    std::vector<T> store;  // one allocation for the three (sh starts at zero)
+    simd::lanes<T> store;  // one allocation for the three (sh starts at zero)
     T *mu, *sc, *sh;
     explicit coefficients(index_t n)
         : store(std::size_t(3 * n), T(0)), mu(store.data()), sc(mu + n), sh(sc + n) {}
@@ -567,7 +567,7 @@ inline void apply_run_stores(bool stream, const T* x, T* y, index_t n, index_t s
 /// Per-lane coefficients repeated past the row's end (simd::wrapped), for flat runs of columns
 template <class T>
 struct wrapped_coefficients {
-    std::vector<T> mu, sc, sh;
+    simd::lanes<T> mu, sc, sh;
     wrapped_coefficients(const T* m, const T* s, const T* h, index_t n)
         : mu(simd::wrapped(m, n)), sc(simd::wrapped(s, n)), sh(simd::wrapped(h, n)) {}
 };
@@ -942,7 +942,7 @@ void fused_group_blocks(const plan& p, const T* x, T* y, coefficients<T>& k, con
     team(nt, [&] {
         const auto [wb, we] = split(nk * bl.count, thread_id(), team_size());
         std::vector<const T*> runs;
-        std::vector<T> cm(std::size_t(bl.per * cg)), csc(cm.size()), csh(cm.size());
+        simd::lanes<T> cm(std::size_t(bl.per * cg)), csc(cm.size()), csh(cm.size());
         for_group_blocks(outer.K, bl, gd.extent, wb, we, [&](const offsets& kk, index_t g0, index_t g1) {
             for (index_t gi = g0; gi < g1; ++gi) {
                 moments m;
@@ -983,7 +983,7 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
         }
     };
     // coefficients_of into cm, csc and csh, as columns_per_kept and split_columns ask for them
-    auto coefficients_into = [&](std::vector<T>& cm, std::vector<T>& csc, std::vector<T>& csh) {
+    auto coefficients_into = [&](simd::lanes<T>& cm, simd::lanes<T>& csc, simd::lanes<T>& csh) {
         return [&](const offsets& kk, double count, const double* mean, const double* m2) {
             coefficients_of(kk, count, mean, m2, cm.data(), csc.data(), csh.data());
             return std::array<const T*, 3>{cm.data(), csc.data(), csh.data()};
@@ -992,12 +992,12 @@ void fused_grouped_columns(const plan& p, const T* x, T* y, coefficients<T>& k, 
     const loop_dim channels = group_channels(p);
     const bool pipelined = pipelined_columns(p, true, stream);
     if (columns_split(p, stream, nt)) {
-        std::vector<T> cm(n), csc(n), csh(n);
+        simd::lanes<T> cm(n), csc(n), csh(n);
         return split_columns<Rms>(K, R, channels, x, y, nt, stream, pipelined, coefficients_into(cm, csc, csh));
     }
     team(nt, [&] {
         const auto [kb, ke] = split(nk, thread_id(), team_size());
-        std::vector<T> cm(n), csc(n), csh(n);
+        simd::lanes<T> cm(n), csc(n), csh(n);
         columns_per_kept<Rms>(K, kb, ke, R, channels, x, y, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), stream,
                               pipelined, coefficients_into(cm, csc, csh));
         if (stream) simd::fence();

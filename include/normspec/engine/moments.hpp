@@ -60,15 +60,15 @@ namespace detail {
 /// 32x64x56x56 backward at one thread measured 1.65x the time of the same call with glibc's mmap
 /// threshold raised, same run). n values, as the last call left them.
 template <class T, int Slot>
-inline std::vector<T>& kept_space(std::size_t n) {
-    thread_local std::vector<T> v;
+inline simd::lanes<T>& kept_space(std::size_t n) {
+    thread_local simd::lanes<T> v;
     v.resize(n);  // within its capacity after the first call: no allocation
     return v;
 }
 /// The same, zeroed.
 template <class T, int Slot>
-inline std::vector<T>& kept_zeros(std::size_t n) {
-    std::vector<T>& v = kept_space<T, Slot>(n);
+inline simd::lanes<T>& kept_zeros(std::size_t n) {
+    simd::lanes<T>& v = kept_space<T, Slot>(n);
     std::fill(v.begin(), v.end(), T(0));
     return v;
 }
