@@ -279,32 +279,19 @@ template <int C, class T, class Get>
     return xsimd::hadd(a[0]);
 }
 
-/// f folded over each of NB rows p[b][0..n) (step_rows): acc = f(acc, x), out[b] row b's result;
+/// f folded over p[0..n) with four independent accumulator chains (step_rows): acc = f(acc, x);
 /// lanes past n keep their accumulator.
-template <int NB, int C, class T, class F>
-[[gnu::always_inline]] inline void fold_rows(const T* const* p, index_t n, F f, T* out) {
+template <class T, class F>
+inline T fold4(const T* p, index_t n, F f) {
     using V = vec<T>;
-    V a[NB][C];
-#pragma GCC unroll 8
-    for (int b = 0; b < NB; ++b)
-#pragma GCC unroll 8
-        for (int c = 0; c < C; ++c) a[b][c] = V(T(0));
-    step_rows<NB, C>(p, n, a, [&]<bool Tail>(V& acc, int, const V& x, const xsimd::batch_bool<T>& in) {
+    V a[1][4] = {{V(T(0)), V(T(0)), V(T(0)), V(T(0))}};
+    step_rows<1, 4>(&p, n, a, [&]<bool Tail>(V& acc, int, const V& x, const xsimd::batch_bool<T>& in) {
         if constexpr (Tail)
             acc = xsimd::select(in, f(acc, x), acc);
         else
             acc = f(acc, x);
     });
-#pragma GCC unroll 8
-    for (int b = 0; b < NB; ++b) out[b] = add_chains<C, T>([&](int c) { return a[b][c]; });
-}
-
-/// f folded over p[0..n) with four independent accumulator chains
-template <class T, class F>
-inline T fold4(const T* p, index_t n, F f) {
-    T out;
-    fold_rows<1, 4>(&p, n, f, &out);
-    return out;
+    return add_chains<4, T>([&](int c) { return a[0][c]; });
 }
 
 /// sum of p[0..n)
