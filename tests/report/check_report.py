@@ -82,6 +82,15 @@ checks = [
     (loaded[("fwd_train", "batch_norm", "NCHW", "2x3", "t2")]["copy_nt"]["gbps"], 90.0),  # another thread count
     (loaded[("fwd_train", "batch_norm", "NCHW", "2x3", "t1")]["normspec"]["gbps"], 31.0),  # not pooled
 ]
+# the machine line: the caches Google Benchmark lists, or that sysfs listed none
+listed = report.machine_line({"num_cpus": 2, "mhz_per_cpu": 2900, "caches": [
+    {"level": 1, "type": "Data", "size": 49152}, {"level": 3, "type": "Unified", "size": 33554432}]})
+unlisted = report.machine_line({"num_cpus": 2, "mhz_per_cpu": 2096, "caches": []})
+for text, want in [(listed, "2 CPUs at 2900 MHz"), (listed, "caches: L1 Data 48 KiB, L3 Unified 32768 KiB"),
+                   (unlisted, "caches: none in sysfs (the out-of-cache marks below take the L3 as 32 MiB")]:
+    if want not in text:
+        print(f"FAIL: '{want}' not in the machine line '{text}'")
+        failed += 1
 for got, want in checks:
     if abs(got - want) > 1e-9:
         print(f"FAIL: {got} != {want}")
