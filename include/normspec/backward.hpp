@@ -121,12 +121,12 @@ auto backward(S, const named_tensor<E, A...>& xn, const DY& dy, const saved_stat
         }
         std::optional<xt::xarray<T>> mean, rstd, gp;
         detail::saved_into<T>(b, S::is_rms, saved, mean, rstd, args);
-        auto&& g_kw = kw::find<kw::is_gamma>(detail::none{}, kws...);
+        auto&& g_kw = kw::find<kw::is_gamma>(detail::absent, kws...);
         if constexpr (!std::is_same_v<std::decay_t<decltype(g_kw)>, detail::none>)
             args.gamma = detail::parameter_data<T>("gamma", engine::param_axis_names(b), b.param_shape, g_kw.e, gp, "the tensor's");
 
         backward_result<T, R, P> res;
-        auto&& o_kw = kw::find<kw::is_out>(detail::none{}, kws...);
+        auto&& o_kw = kw::find<kw::is_out>(detail::absent, kws...);
         using OK = std::decay_t<decltype(o_kw)>;
         std::optional<xt::xarray<T>> dx_tmp;  // for an out() without memory of its own
         if constexpr (!std::is_same_v<OK, detail::none>) {
@@ -144,8 +144,8 @@ auto backward(S, const named_tensor<E, A...>& xn, const DY& dy, const saved_stat
             res.dx = xt::xtensor<T, R>::from_shape(shape);
             args.dx = detail::lower<T>(res.dx);
         }
-        auto&& dg_kw = kw::find<kw::is_out_dgamma>(detail::none{}, kws...);
-        auto&& db_kw = kw::find<kw::is_out_dbeta>(detail::none{}, kws...);
+        auto&& dg_kw = kw::find<kw::is_out_dgamma>(detail::absent, kws...);
+        auto&& db_kw = kw::find<kw::is_out_dbeta>(detail::absent, kws...);
         std::optional<xt::xarray<T>> dg_tmp, db_tmp;  // for targets that are not row-major T
         if constexpr (S::has_gamma) args.dgamma = detail::gradient_target<T, P>("out_dgamma", b, dg_kw, res.dgamma, dg_tmp);
         if constexpr (S::has_beta) args.dbeta = detail::gradient_target<T, P>("out_dbeta", b, db_kw, res.dbeta, db_tmp);

@@ -75,6 +75,9 @@ constexpr bool check_static_groups() {
 }
 
 struct none {};
+/// kw::find's fallback where a keyword may be absent: an object, since find returns a reference
+/// to its fallback and a temporary none{} would be gone by the time the result is used
+inline constexpr none absent{};
 
 }  // namespace detail
 
@@ -102,8 +105,8 @@ auto forward(S, const named_tensor<E, A...>& xn, Kw&&... kws) {
                                                          diagnostic::groups_count_given_to_a_norm_without_runtime_groups, S>();
     constexpr bool ok_groups_needed = diagnostic::require<!S::runtime_groups || kw::has<kw::is_groups, Kw...>,
                                                           diagnostic::runtime_groups_need_num_groups, S>();
-    auto&& g_kw = kw::find<kw::is_gamma>(detail::none{}, kws...);
-    auto&& b_kw = kw::find<kw::is_beta>(detail::none{}, kws...);
+    auto&& g_kw = kw::find<kw::is_gamma>(detail::absent, kws...);
+    auto&& b_kw = kw::find<kw::is_beta>(detail::absent, kws...);
     using GK = std::decay_t<decltype(g_kw)>;
     using BK = std::decay_t<decltype(b_kw)>;
     constexpr bool ok_static = [] {
@@ -154,7 +157,7 @@ auto forward(S, const named_tensor<E, A...>& xn, Kw&&... kws) {
 
         // running statistics: packed, updated, written back
         std::optional<xt::xarray<T>> rm, rv;
-        auto&& r_kw = kw::find<kw::is_running>(detail::none{}, kws...);
+        auto&& r_kw = kw::find<kw::is_running>(detail::absent, kws...);
         constexpr bool has_running = !std::is_same_v<std::decay_t<decltype(r_kw)>, detail::none>;
         if constexpr (has_running) {
             rm.emplace(detail::packed_checked<T>("running_mean", b.stat_names, b.stat_shape, r_kw.mean, "the statistics'"));
@@ -171,7 +174,7 @@ auto forward(S, const named_tensor<E, A...>& xn, Kw&&... kws) {
                 }
             }
         };
-        auto&& o_kw = kw::find<kw::is_out>(detail::none{}, kws...);
+        auto&& o_kw = kw::find<kw::is_out>(detail::absent, kws...);
         if constexpr (!std::is_same_v<std::decay_t<decltype(o_kw)>, detail::none>) {
             using O = std::decay_t<decltype(o_kw.e)>;
             auto& oe = o_kw.e;
