@@ -492,6 +492,76 @@ TEST_CASE("backward: dx streams once x, dy and dx together pass 3/8 of the last-
     CHECK_FALSE(engine::detail::stream_dx(0.37 * llc));
 }
 
+TEST_CASE("channels-last backward on rows of a few vectors (sums and dx coefficients in registers): the float64 reference") {
+    // BatchNorm, InstanceNorm and GroupNorm on NHWC at channel counts around the vector
+    // boundaries (1 to 4 vectors of AVX-512 or AVX2 take the kernels that hold a row's sums and
+    // coefficients in registers, a partial last vector too; 65 and 80 do not), 165 rows (blocks of
+    // 64 rows and a shorter one), data at 1e4 + N(0,1): dx, dgamma and dbeta against the formulas
+    // in double, per statistic (BatchNorm: channel c; InstanceNorm: sample and channel;
+    // GroupNorm: sample and group), float and double, one and two threads. x and dy end at an
+    // unreadable page.
+    auto check = [](auto spec, auto type, std::size_t nc, std::size_t groups) {
+        using S = decltype(spec);
+        using E = decltype(type);
+        CAPTURE(nc);
+        CAPTURE(sizeof(E));
+        const std::size_t ns = 3, rows = 5 * 11, total = ns * rows * nc;
+        const std::array<std::size_t, 4> shape{ns, 5, 11, nc};
+        // x and dy end where an unreadable page begins: the last row's partial vector is masked
+        th::guarded<E> xg(total), dyg(total);
+        auto x = xt::adapt(xg.data, total, xt::no_ownership(), shape);
+        auto dy = xt::adapt(dyg.data, total, xt::no_ownership(), shape);
+        x = xt::cast<E>(xt::reshape_view(th::randn({total}, 1e4, 1.0), shape));
+        dy = xt::cast<E>(xt::reshape_view(th::randn({total}), shape));
+        xt::xtensor<E, 1> g = xt::cast<E>(th::randn({nc}, 1.0, 0.5)), b = xt::cast<E>(th::randn({nc}, 0.0, 0.5));
+        const bool batch = std::is_same_v<S, batch_norm>, instance = std::is_same_v<S, instance_norm>;
+        const std::size_t per_stat = batch ? 1 : instance ? 1 : nc / groups;  // channels per statistic
+        const std::size_t stats_per_sample = nc / per_stat;
+        auto stat_of = [&](std::size_t i) {
+            const std::size_t c = i % nc, n = i / (rows * nc);
+            return batch ? c : n * stats_per_sample + c / per_stat;
+        };
+        const std::size_t nstat = batch ? nc : ns * stats_per_sample;
+        const double count = double(total) / double(nstat);
+        std::vector<double> mean(nstat, 0.0), var(nstat, 0.0), mgy(nstat, 0.0), mgx(nstat, 0.0), dg(nc, 0.0), db(nc, 0.0);
+        for (std::size_t i = 0; i < total; ++i) mean[stat_of(i)] += double(x.data()[i]) / count;
+        for (std::size_t i = 0; i < total; ++i) var[stat_of(i)] += std::pow(double(x.data()[i]) - mean[stat_of(i)], 2) / count;
+        auto xhat = [&](std::size_t i) { return (double(x.data()[i]) - mean[stat_of(i)]) / std::sqrt(var[stat_of(i)] + 1e-5); };
+        for (std::size_t i = 0; i < total; ++i) {
+            const double gy = double(dy.data()[i]) * double(g(i % nc));
+            mgy[stat_of(i)] += gy / count, mgx[stat_of(i)] += gy * xhat(i) / count;
+            dg[i % nc] += double(dy.data()[i]) * xhat(i), db[i % nc] += double(dy.data()[i]);
+        }
+        xt::xtensor<double, 4> want_dx = xt::zeros<double>(shape);
+        for (std::size_t i = 0; i < total; ++i) {
+            const std::size_t s = stat_of(i);
+            want_dx.data()[i] = (double(dy.data()[i]) * double(g(i % nc)) - mgy[s] - xhat(i) * mgx[s]) / std::sqrt(var[s] + 1e-5);
+        }
+        const double tol = std::is_same_v<E, float> ? 2e-6 : 1e-10;
+        for (int t : {1, 2}) {
+            CAPTURE(t);
+            auto run = [&](auto&&... kw) {
+                const auto r = forward(S{}, named<N, H, W, C>(x), gamma(g), beta(b), threads(t), kw...);
+                return backward(S{}, named<N, H, W, C>(x), dy, r, gamma(g), threads(t));
+            };
+            const auto grad = [&] {
+                if constexpr (S::runtime_groups) return run(num_groups(long(groups)));
+                else return run();
+            }();
+            CHECK(th::rel_err(grad.dx, want_dx) < tol);
+            CHECK(th::rel_err(grad.dgamma, xt::adapt(dg)) < 10 * tol);
+            CHECK(th::rel_err(grad.dbeta, xt::adapt(db)) < 10 * tol);
+        }
+    };
+    for (std::size_t nc : {1, 5, 8, 9, 16, 17, 24, 31, 32, 33, 48, 63, 64, 65, 80}) {
+        check(batch_norm{}, float{}, nc, 0);
+        check(batch_norm{}, double{}, nc, 0);
+        check(instance_norm{}, float{}, nc, 0);
+        if (nc % 4 == 0) check(group_norm<>{}, float{}, nc, nc / 4);  // groups of 4 channels
+    }
+    check(group_norm<>{}, double{}, 32, 8);
+}
+
 TEST_CASE("out of cache: the streaming-store kernels (aligning heads, flat columns, planes) give the same values") {
     // sized from the last-level cache the engine reads, so that x and y (and dy, dx) exceed it and
     // the streaming paths run; y and dx start one float past a vector boundary, so the aligning
@@ -500,7 +570,7 @@ TEST_CASE("out of cache: the streaming-store kernels (aligning heads, flat colum
     // channels, each sample's span of each thread's channels in memory order, a vector of dx that
     // spans two planes blending their coefficients. On NHWC with 333 channels the forward's column
     // moments go row by row (columns_by_rows), the last vector of each row a partial one.
-    auto check = [](auto names, std::size_t nc, std::size_t plane, auto channel_of) {
+    auto check = [](auto names, std::size_t nc, std::size_t plane, auto channel_of, std::uintptr_t offset = sizeof(float)) {
         using Names = decltype(names);
         const std::size_t per = nc * plane;
         const std::size_t samples = std::size_t(1.2 * engine::detail::llc_bytes() / double(2 * sizeof(float) * per)) + 1;
@@ -510,8 +580,8 @@ TEST_CASE("out of cache: the streaming-store kernels (aligning heads, flat colum
         xt::xtensor<float, 4> dy = xt::cast<float>(xt::reshape_view(th::randn({total}), shape));
         xt::xtensor<float, 1> g = xt::cast<float>(th::randn({nc}, 1.0, 0.5)), b = xt::cast<float>(th::randn({nc}, 0.0, 0.5));
         std::vector<float> ybuf(total + 64), dxbuf(total + 64);
-        float* yp = th::placed(ybuf, 64, sizeof(float));
-        float* dxp = th::placed(dxbuf, 64, sizeof(float));
+        float* yp = th::placed(ybuf, 64, offset);
+        float* dxp = th::placed(dxbuf, 64, offset);
         auto y = xt::adapt(yp, total, xt::no_ownership(), shape);
         auto dx = xt::adapt(dxp, total, xt::no_ownership(), shape);
         auto r = Names::forward(x, g, b, y);
@@ -539,6 +609,10 @@ TEST_CASE("out of cache: the streaming-store kernels (aligning heads, flat colum
         CHECK(edx / sdx < 2e-6);
     };
     SUBCASE("NHWC") { check(streamed_nhwc{}, 64, 1, [](std::size_t i) { return i % 64; }); }
+    SUBCASE("NHWC, y and dx on a vector boundary: rows of a few vectors held in registers") {
+        check(streamed_nhwc{}, 16, 1, [](std::size_t i) { return i % 16; }, 0);
+        check(streamed_nhwc{}, 64, 1, [](std::size_t i) { return i % 64; }, 0);
+    }
     SUBCASE("NHWC, 333 channels: column moments row by row") {
         CHECK(engine::detail::columns_by_rows<float>(engine::detail::llc_bytes(), 333, false));
         check(streamed_nhwc{}, 333, 1, [](std::size_t i) { return i % 333; });
@@ -558,7 +632,7 @@ TEST_CASE("out of cache, channels-last InstanceNorm and GroupNorm backward pipel
     // and 333 (groups of 9), dx one value past a vector boundary; float and double. With three
     // samples (`three`), at two threads the threads split every sample's rows and pipeline the
     // samples: each one's dx over its rows of the previous sample with its sums over the next's.
-    auto check = [](auto spec, auto type, std::array<std::size_t, 3> hwc, bool three = false) {
+    auto check = [](auto spec, auto type, std::array<std::size_t, 3> hwc, bool three = false, bool aligned = false) {
         using S = decltype(spec);
         using E = decltype(type);
         if (three) hwc[0] = std::size_t(0.07 * engine::detail::llc_bytes() / double(sizeof(E) * hwc[1] * hwc[2])) + 1;
@@ -577,7 +651,7 @@ TEST_CASE("out of cache, channels-last InstanceNorm and GroupNorm backward pipel
         xt::xtensor<E, 1> g = xt::cast<E>(th::randn({hwc[2]}, 1.0, 0.5)), b = xt::cast<E>(th::randn({hwc[2]}, 0.0, 0.5));
         xt::xtensor<E, 4> x = xt::transpose(xh, {0, 3, 1, 2}), dy = xt::transpose(dyh, {0, 3, 1, 2});
         std::vector<E> dxbuf(total + 64);
-        E* dxp = th::placed(dxbuf, 64, sizeof(E));
+        E* dxp = th::placed(dxbuf, 64, aligned ? 0 : sizeof(E), 16);
         auto dxh = xt::adapt(dxp, total, xt::no_ownership(), shape);
         const double tol = std::is_same_v<E, float> ? 2e-6 : 1e-10;
         for (int t : {1, 2}) {
@@ -598,6 +672,9 @@ TEST_CASE("out of cache, channels-last InstanceNorm and GroupNorm backward pipel
     check(instance_norm{}, double{}, {29, 31, 37});
     check(group_norm<37>{}, float{}, {13, 11, 333});
     check(instance_norm{}, float{}, {0, 31, 37}, true);
+    // dx on a vector boundary, 16 channels: rows of one or two vectors, their coefficients in registers
+    check(instance_norm{}, float{}, {29, 31, 16}, false, true);
+    check(instance_norm{}, double{}, {29, 31, 16}, false, true);
     check(group_norm<37>{}, float{}, {0, 11, 333}, true);
 }
 

@@ -9,6 +9,9 @@
 #include <cstdint>
 #include <vector>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <doctest/doctest.h>
 #include <xtensor/xrandom.hpp>
 #include <xtensor/xview.hpp>
@@ -33,6 +36,26 @@ inline T* placed(std::vector<T>& buf, std::uintptr_t modulus, std::uintptr_t off
     while (reinterpret_cast<std::uintptr_t>(buf.data() + k) % modulus != offset % modulus) ++k;
     return buf.data() + k;
 }
+
+/// n values of T that end where an unreadable page begins: a kernel that reads past them
+/// (a whole vector where a masked one belongs) faults.
+template <class T>
+struct guarded {
+    T* data = nullptr;
+    void* base = nullptr;
+    std::size_t bytes = 0;
+    explicit guarded(std::size_t n) {
+        const std::size_t page = std::size_t(sysconf(_SC_PAGESIZE)), body = (n * sizeof(T) + page - 1) / page * page;
+        bytes = body + page;
+        base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        REQUIRE(base != MAP_FAILED);
+        REQUIRE(mprotect(static_cast<char*>(base) + body, page, PROT_NONE) == 0);
+        data = reinterpret_cast<T*>(static_cast<char*>(base) + body) - n;
+    }
+    guarded(const guarded&) = delete;
+    guarded& operator=(const guarded&) = delete;
+    ~guarded() { munmap(base, bytes); }
+};
 
 /// The largest |a - b| over the largest |b| (at least 1).
 template <class A, class B>

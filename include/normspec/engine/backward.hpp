@@ -163,6 +163,40 @@ inline double residue_of(const T* x, index_t n, T m) {
     return double(simd::fold4(x, n, [&](auto acc, auto v) { return acc + (v - decltype(v)(m)); }));
 }
 
+/// f.template operator()<B>() with B = nb, for 1 <= nb <= NB: a kernel for its count (of rows in
+/// a block, of vectors in a row).
+template <int NB, class F>
+inline void with_count(int nb, F&& f) {
+    if (nb == NB) return f.template operator()<NB>();
+    if constexpr (NB > 1) with_count<NB - 1>(nb, f);
+}
+
+/// lane_sums of rows of NV vectors (the last one Tail: its lanes from n on load 0), the sums in
+/// registers through the block, then stored to acc
+template <int NV, bool Tail, class T>
+inline void lane_sums_held(const T* X, const T* DY, const offsets* rows, index_t count, const T* mh, index_t n, index_t np, T* acc) {
+    using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
+    const index_t t = n - (NV - 1) * L;  // lanes in the last vector
+    auto load = [t](const T* p, int k) __attribute__((always_inline)) {  // k is known once unrolled
+        return Tail && k == NV - 1 ? simd::load_first(p + k * L, t) : V::load_unaligned(p + k * L);
+    };
+    V m[NV], d[NV], q[NV], r[NV];
+#pragma GCC unroll 4
+    for (int k = 0; k < NV; ++k) m[k] = load(mh, k), d[k] = q[k] = r[k] = V(T(0));
+    for (index_t i = 0; i < count; ++i) {
+        const T* x = X + rows[i].x;
+        const T* dy = DY + rows[i].dy;
+#pragma GCC unroll 4
+        for (int k = 0; k < NV; ++k) {
+            const V dv = load(dy, k), xc = load(x, k) - m[k];
+            d[k] += dv, q[k] = xsimd::fma(dv, xc, q[k]), r[k] += xc;
+        }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < NV; ++k) d[k].store_aligned(acc + k * L), q[k].store_aligned(acc + np + k * L), r[k].store_aligned(acc + 2 * np + k * L);
+}
+
 /// The sums of dy, of dy * (x - mh) and of x - mh per lane over rows[0, count) of n lanes each,
 /// row by row in memory order, in T in acc (three runs of np values: n rounded up to a vector),
 /// then added to sd, sq, sr in double. Down the rows a few lanes at a time, with the sums in
@@ -178,20 +212,36 @@ template <class T>
 inline void lane_sums(const T* X, const T* DY, const offsets* rows, index_t count, const T* mh, index_t n, index_t np, T* acc,
                       double* sd, double* sq, double* sr) {
     using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
     T* ad = acc;
     T* aq = acc + np;
     T* ar = acc + 2 * np;
-    std::fill(acc, acc + 3 * np, T(0));
-    for (index_t i = 0; i < count; ++i) {
-        const T* x = X + rows[i].x;
-        const T* dy = DY + rows[i].dy;
-        // masked lanes load 0 from x, dy and mh alike: they add 0
-        simd::for_vectors<T>(0, n, [&]<bool Tail>(index_t j, index_t t) __attribute__((always_inline)) {
-            const V d = load_at<Tail>(dy, j, t), xc = load_at<Tail>(x, j, t) - load_at<Tail>(mh, j, t);
-            (V::load_unaligned(ad + j) + d).store_unaligned(ad + j);
-            xsimd::fma(d, xc, V::load_unaligned(aq + j)).store_unaligned(aq + j);
-            (V::load_unaligned(ar + j) + xc).store_unaligned(ar + j);
+    if (n <= simd::row_vectors * L) {
+        // a row of a few vectors: the sums stay in registers (the same additions, in the same
+        // order per lane). In L1, each vector's three sums are loaded and stored again; out of
+        // cache the stores hold back the reads (a hand-written sum over 64 channels of 51 MiB
+        // read 24-27 GB/s with its sums in memory, 30 in registers). With flat_dx's held
+        // coefficients, see reference.md for the backward's times.
+        const bool tail = n % L != 0;
+        with_count<simd::row_vectors>(int((n + L - 1) / L), [&]<int NV>() {
+            if (tail)
+                lane_sums_held<NV, true>(X, DY, rows, count, mh, n, np, acc);
+            else
+                lane_sums_held<NV, false>(X, DY, rows, count, mh, n, np, acc);
         });
+    } else {
+        std::fill(acc, acc + 3 * np, T(0));
+        for (index_t i = 0; i < count; ++i) {
+            const T* x = X + rows[i].x;
+            const T* dy = DY + rows[i].dy;
+            // masked lanes load 0 from x, dy and mh alike: they add 0
+            simd::for_vectors<T>(0, n, [&]<bool Tail>(index_t j, index_t t) __attribute__((always_inline)) {
+                const V d = load_at<Tail>(dy, j, t), xc = load_at<Tail>(x, j, t) - load_at<Tail>(mh, j, t);
+                (V::load_unaligned(ad + j) + d).store_unaligned(ad + j);
+                xsimd::fma(d, xc, V::load_unaligned(aq + j)).store_unaligned(aq + j);
+                (V::load_unaligned(ar + j) + xc).store_unaligned(ar + j);
+            });
+        }
     }
     for (index_t j = 0; j < n; ++j) sd[j] += double(ad[j]), sq[j] += double(aq[j]), sr[j] += double(ar[j]);
 }
@@ -270,18 +320,58 @@ struct dx_coefficients {
 /// b * (x - mh) + c (dx_terms); with stream, streaming stores (no fence) and x and dy prefetched
 /// as non-temporal. With Next, the same positions of next_x and next_dy are asked for into L1
 /// along the way (the pipeline of kept indices: the next one's rows, whose sums follow).
+template <class V>
+[[gnu::always_inline]] inline V dx_of(const V& x, const V& dy, const V& mh, const V& a, const V& b, const V& c) {
+    return xsimd::fma(dy, a, xsimd::fma(x - mh, b, c));
+}
+
+/// flat_dx over whole rows of NV vectors from b (on a row's start) to e, the coefficients in
+/// registers for the whole sweep
+template <int NV, bool Stream, bool Next, class T>
+void flat_dx_held(const T* X, const T* DY, T* DX, index_t b, index_t e, const dx_coefficients<T>& c, const T* next_x, const T* next_dy) {
+    using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
+    V m[NV], ca[NV], cb[NV], cc[NV];
+#pragma GCC unroll 4
+    for (int k = 0; k < NV; ++k)
+        m[k] = V::load_aligned(c.mh.data() + k * L), ca[k] = V::load_aligned(c.a.data() + k * L), cb[k] = V::load_aligned(c.b.data() + k * L),
+        cc[k] = V::load_aligned(c.c.data() + k * L);
+    for (index_t i = b; i < e; i += NV * L) {
+#pragma GCC unroll 4
+        for (int k = 0; k < NV; ++k) {
+            const index_t p = i + k * L;
+            if constexpr (Stream) simd::prefetch_stream(X + p), simd::prefetch_stream(DY + p);
+            if constexpr (Next) simd::prefetch_near(next_x + p), simd::prefetch_near(next_dy + p);
+            simd::store<Stream>(DX + p, dx_of(V::load_unaligned(X + p), V::load_unaligned(DY + p), m[k], ca[k], cb[k], cc[k]));
+        }
+    }
+}
+
 template <bool Next = false, class T>
 void flat_dx(bool stream, const T* X, const T* DY, T* DX, index_t b, index_t e, index_t n, const dx_coefficients<T>& c,
              const T* next_x = nullptr, const T* next_dy = nullptr) {
     using V = simd::vec<T>;
+    constexpr index_t L = simd::width<T>;
+    if (n % L == 0 && n <= simd::row_vectors * L && b % n == 0 && (e - b) % n == 0 &&
+        (!stream || reinterpret_cast<std::uintptr_t>(DX + b) % sizeof(V) == 0)) {
+        // rows of a few whole vectors (BatchNorm NHWC on 64 channels): the coefficients stay in
+        // registers, where for_each_flat's kernel loads four vectors of them per vector of dx
+        // (a hand-written sweep over 64 channels, 77 MiB streamed, measured 0.84 of the time)
+        with_count<simd::row_vectors>(int(n / L), [&]<int NV>() {
+            if (stream)
+                flat_dx_held<NV, true, Next>(X, DY, DX, b, e, c, next_x, next_dy);
+            else
+                flat_dx_held<NV, false, Next>(X, DY, DX, b, e, c, next_x, next_dy);
+        });
+        return;
+    }
     // captured by value, as the forward's kernels: through references, every pointer would be
     // reloaded after each (may-alias) vector store
     const T *mh = c.mh.data(), *ca = c.a.data(), *cb = c.b.data(), *cc = c.c.data();
     auto f = [=](auto load, index_t j) {
         if (stream) simd::prefetch_stream(X + load.i), simd::prefetch_stream(DY + load.i);
         if constexpr (Next) simd::prefetch_near(next_x + load.i), simd::prefetch_near(next_dy + load.i);
-        const V xc = load(X) - V::load_unaligned(mh + j);
-        return xsimd::fma(load(DY), V::load_unaligned(ca + j), xsimd::fma(xc, V::load_unaligned(cb + j), V::load_unaligned(cc + j)));
+        return dx_of(load(X), load(DY), V::load_unaligned(mh + j), V::load_unaligned(ca + j), V::load_unaligned(cb + j), V::load_unaligned(cc + j));
     };
     if (stream)
         simd::for_each_flat<true>(DX, b, e, n, f);
@@ -298,7 +388,7 @@ void flat_dx_runs(bool stream, const T* X, const T* DY, T* DX, index_t nruns, in
     const std::array<const T*, 4> coefs{c.mh.data(), c.a.data(), c.b.data(), c.c.data()};
     auto f = [=](auto load, const auto& v) {  // captured by value, as flat_dx's kernel
         if (stream) simd::prefetch_stream(X + load.i), simd::prefetch_stream(DY + load.i);
-        return xsimd::fma(load(DY), v[1], xsimd::fma(load(X) - v[0], v[2], v[3]));
+        return dx_of(load(X), load(DY), v[0], v[1], v[2], v[3]);
     };
     if (stream)
         simd::for_each_run_store<true>(DX, nruns, len, 1, coefs, f);
@@ -641,13 +731,6 @@ inline bool sweep_down(const void* x, const void* dy, const void* dx) {
     const std::uintptr_t up = std::min(behind(x, dx), behind(dy, dx));
     const std::uintptr_t down = std::min(behind(dx, x), behind(dx, dy));
     return down > up;
-}
-
-/// f.template operator()<B>() with B = nb, for 1 <= nb <= NB: a block's kernel for its row count.
-template <int NB, class F>
-inline void with_count(int nb, F&& f) {
-    if (nb == NB) return f.template operator()<NB>();
-    if constexpr (NB > 1) with_count<NB - 1>(nb, f);
 }
 
 /// dx of NB rows whose parameters lie along the row, one load of each gamma vector for all of them.

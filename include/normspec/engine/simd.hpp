@@ -85,6 +85,10 @@ inline constexpr index_t width = index_t(vec<T>::size);
 inline constexpr int registers = sizeof(vec<float>) >= 64 ? 32 : 16;
 
 /// The vector 0, 1, 2, ... (each lane's number)
+/// Rows of at most this many vectors (four with 32 registers, two with 16) keep their per-lane
+/// values (sums, coefficients: three or four arrays of them) in registers for the whole sweep.
+inline constexpr int row_vectors = registers / 8;
+
 template <class T>
 inline vec<T> lane_numbers() {
     alignas(64) static constexpr T iota[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
