@@ -53,6 +53,18 @@ TEST_CASE_TEMPLATE("instance_norm matches the reference on every layout", V, flo
 TEST_CASE_TEMPLATE("group_norm with a compile-time G matches the reference", V, float, double) {
     cnn_all_layouts<group_norm<3>, V>();
 }
+TEST_CASE_TEMPLATE("channels-last rows of a few whole vectors (coefficients held in registers) match the reference", V, float,
+                   double) {
+    // NHWC at channel counts of one to four vectors of AVX-512 or AVX2 and past them: the
+    // normalize sweep over the flat run of rows holds each vector's coefficients in registers
+    for (std::size_t c : {8, 16, 24, 32, 48, 64, 72}) {
+        CAPTURE(c);
+        xt::xarray<V> nhwc = xt::cast<V>(th::randn({3, 5, 11, c}, 0.5, 2.0));
+        th::check_against_reference<batch_norm, N, H, W, C>(nhwc);
+        th::check_against_reference<instance_norm, N, H, W, C>(nhwc);
+        th::check_against_reference<group_norm<>, N, H, W, C>(nhwc, long(c / 8));
+    }
+}
 TEST_CASE_TEMPLATE("group_norm with a run-time G matches the reference for G = 1, 4, C", V, float, double) {
     for (long g : {1L, 4L, 12L}) {
         CAPTURE(g);

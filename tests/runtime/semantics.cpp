@@ -532,7 +532,8 @@ namespace {
 /// 1e4 + N(0,1) that edit(x) then changes: y and rstd against the float64 reference at one and
 /// two threads, y one value past a vector boundary, nothing written before or after it.
 template <class S, class E, class... Ax, std::size_t R, class CountFor, class Edit>
-void check_streamed_forward(std::array<std::size_t, R> sample, std::size_t channel, long groups, CountFor&& count_for, Edit&& edit) {
+void check_streamed_forward(std::array<std::size_t, R> sample, std::size_t channel, long groups, CountFor&& count_for, Edit&& edit,
+                            bool on_boundary = false) {
     std::size_t per = 1;
     for (std::size_t e : sample) per *= e;
     const std::size_t n = count_for(per * sizeof(E) / sizeof(float)), total = n * per;
@@ -546,7 +547,7 @@ void check_streamed_forward(std::array<std::size_t, R> sample, std::size_t chann
     const auto want = ref::norm(describe<S>(), {Ax::name...}, xt::cast<double>(x), xt::cast<double>(g),
                                 S::has_beta ? xt::xarray<double>(xt::cast<double>(bt)) : xt::xarray<double>{}, groups, 1e-5);
     std::vector<E> ybuf(total + 64);
-    E* yp = th::placed(ybuf, 64, sizeof(E));
+    E* yp = th::placed(ybuf, 64, on_boundary ? 0 : sizeof(E), 16);  // (from 16: ybuf.front() stays outside y)
     auto y = xt::adapt(yp, total, xt::no_ownership(), shape);
     const double tol = std::is_same_v<E, float> ? 1e-6 : 1e-10;  // double: x itself at 1e4 carries 1e-12
     for (int t : {1, 2}) {
@@ -726,6 +727,11 @@ TEST_CASE("out of cache, channels-last kept indices form a pipeline a block of r
     split_samples(group_norm<4>{}, 4, 3, 36);     // column groups
     split_samples(instance_norm{}, 0, 3, 333);    // row by row
     split_samples(instance_norm{}, 0, 3, 37);     // column groups
+    // y on a vector boundary, rows of one to four whole vectors (16 and 64 channels): the
+    // normalize sweep holds its coefficients in registers
+    check_streamed_forward<instance_norm, float, N, H, W, C>(std::array<std::size_t, 3>{29, 31, 16}, 3, 0, count_for, ramp_and_outliers, true);
+    check_streamed_forward<instance_norm, double, N, H, W, C>(std::array<std::size_t, 3>{29, 31, 16}, 3, 0, count_for, ramp_and_outliers, true);
+    check_streamed_forward<instance_norm, float, N, H, W, C>(std::array<std::size_t, 3>{13, 11, 64}, 3, 0, count_for, [](auto&) {}, true);
 }
 
 // ---- a call's allocations -------------------------------------------------------------------

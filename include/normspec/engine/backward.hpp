@@ -316,67 +316,44 @@ struct dx_coefficients {
     }
 };
 
-/// dx over positions [b, e) of a flat run of n lanes (lane = position mod n): dx = a * dy +
-/// b * (x - mh) + c (dx_terms); with stream, streaming stores (no fence) and x and dy prefetched
-/// as non-temporal. With Next, the same positions of next_x and next_dy are asked for into L1
-/// along the way (the pipeline of kept indices: the next one's rows, whose sums follow).
+/// dx = a * dy + b * (x - mh) + c (dx_terms), a vector at a time
 template <class V>
 [[gnu::always_inline]] inline V dx_of(const V& x, const V& dy, const V& mh, const V& a, const V& b, const V& c) {
     return xsimd::fma(dy, a, xsimd::fma(x - mh, b, c));
 }
 
-/// flat_dx over whole rows of NV vectors from b (on a row's start) to e, the coefficients in
-/// registers for the whole sweep
-template <int NV, bool Stream, bool Next, class T>
-void flat_dx_held(const T* X, const T* DY, T* DX, index_t b, index_t e, const dx_coefficients<T>& c, const T* next_x, const T* next_dy) {
+/// dx over positions [b, e) of a flat run of n lanes (lane = position mod n): dx_of with the
+/// lane's coefficients; with Stream, streaming stores (no fence) and x and dy prefetched as
+/// non-temporal. With Next, the same positions of next_x and next_dy are asked for into L1 along
+/// the way (the pipeline of kept indices: the next one's rows, whose sums follow).
+template <bool Stream, bool Next, class T>
+void flat_dx_sweep(const T* X, const T* DY, T* DX, index_t b, index_t e, index_t n, const dx_coefficients<T>& c, const T* next_x,
+                   const T* next_dy) {
     using V = simd::vec<T>;
-    constexpr index_t L = simd::width<T>;
-    V m[NV], ca[NV], cb[NV], cc[NV];
-#pragma GCC unroll 4
-    for (int k = 0; k < NV; ++k)
-        m[k] = V::load_aligned(c.mh.data() + k * L), ca[k] = V::load_aligned(c.a.data() + k * L), cb[k] = V::load_aligned(c.b.data() + k * L),
-        cc[k] = V::load_aligned(c.c.data() + k * L);
-    for (index_t i = b; i < e; i += NV * L) {
-#pragma GCC unroll 4
-        for (int k = 0; k < NV; ++k) {
-            const index_t p = i + k * L;
-            if constexpr (Stream) simd::prefetch_stream(X + p), simd::prefetch_stream(DY + p);
-            if constexpr (Next) simd::prefetch_near(next_x + p), simd::prefetch_near(next_dy + p);
-            simd::store<Stream>(DX + p, dx_of(V::load_unaligned(X + p), V::load_unaligned(DY + p), m[k], ca[k], cb[k], cc[k]));
-        }
-    }
+    auto fh = [=](auto load, const auto& v) {
+        if constexpr (Stream) simd::prefetch_stream(X + load.i), simd::prefetch_stream(DY + load.i);
+        if constexpr (Next) simd::prefetch_near(next_x + load.i), simd::prefetch_near(next_dy + load.i);
+        return dx_of(load(X), load(DY), v[0], v[1], v[2], v[3]);
+    };
+    // rows of a few whole vectors (BatchNorm NHWC on 64 channels): the coefficients in registers
+    const std::array<const T*, 4> held{c.mh.data(), c.a.data(), c.b.data(), c.c.data()};
+    if (simd::for_each_row_held<Stream>(DX, b, e, n, held, fh)) return;
+    // otherwise each vector's coefficients from the wrapped arrays, at its lane j. Captured by
+    // value, as the forward's kernels: through references, every pointer would be reloaded after
+    // each (may-alias) vector store
+    const T *mh = held[0], *ca = held[1], *cb = held[2], *cc = held[3];
+    simd::for_each_flat<Stream>(DX, b, e, n, [=](auto load, index_t j) {
+        return fh(load, std::array<V, 4>{V::load_unaligned(mh + j), V::load_unaligned(ca + j), V::load_unaligned(cb + j), V::load_unaligned(cc + j)});
+    });
 }
-
+/// flat_dx_sweep, streaming or not
 template <bool Next = false, class T>
 void flat_dx(bool stream, const T* X, const T* DY, T* DX, index_t b, index_t e, index_t n, const dx_coefficients<T>& c,
              const T* next_x = nullptr, const T* next_dy = nullptr) {
-    using V = simd::vec<T>;
-    constexpr index_t L = simd::width<T>;
-    if (n % L == 0 && n <= simd::row_vectors * L && b % n == 0 && (e - b) % n == 0 &&
-        (!stream || reinterpret_cast<std::uintptr_t>(DX + b) % sizeof(V) == 0)) {
-        // rows of a few whole vectors (BatchNorm NHWC on 64 channels): the coefficients stay in
-        // registers, where for_each_flat's kernel loads four vectors of them per vector of dx
-        // (a hand-written sweep over 64 channels, 77 MiB streamed, measured 0.84 of the time)
-        with_count<simd::row_vectors>(int(n / L), [&]<int NV>() {
-            if (stream)
-                flat_dx_held<NV, true, Next>(X, DY, DX, b, e, c, next_x, next_dy);
-            else
-                flat_dx_held<NV, false, Next>(X, DY, DX, b, e, c, next_x, next_dy);
-        });
-        return;
-    }
-    // captured by value, as the forward's kernels: through references, every pointer would be
-    // reloaded after each (may-alias) vector store
-    const T *mh = c.mh.data(), *ca = c.a.data(), *cb = c.b.data(), *cc = c.c.data();
-    auto f = [=](auto load, index_t j) {
-        if (stream) simd::prefetch_stream(X + load.i), simd::prefetch_stream(DY + load.i);
-        if constexpr (Next) simd::prefetch_near(next_x + load.i), simd::prefetch_near(next_dy + load.i);
-        return dx_of(load(X), load(DY), V::load_unaligned(mh + j), V::load_unaligned(ca + j), V::load_unaligned(cb + j), V::load_unaligned(cc + j));
-    };
     if (stream)
-        simd::for_each_flat<true>(DX, b, e, n, f);
+        flat_dx_sweep<true, Next>(X, DY, DX, b, e, n, c, next_x, next_dy);
     else
-        simd::for_each_flat<false>(DX, b, e, n, f);
+        flat_dx_sweep<false, Next>(X, DY, DX, b, e, n, c, next_x, next_dy);
 }
 
 /// dx over nruns runs of len values back to back (one row's span of a block of BatchNorm NCHW's

@@ -360,31 +360,37 @@ inline void shifted_sums_rows(const T* const* p, index_t n, const T* k, T* lin, 
     shifted_totals(s, lin, sq);
 }
 
-/// Stores v at p: a streaming (non-temporal) store when Stream and p is vector-aligned.
-template <bool Stream, class T>
-inline void store(T* p, const vec<T>& v) {
+/// A streaming (non-temporal) store of v at p, which lies on a vector boundary (a plain store
+/// where the instruction set has none for this width)
+template <class T>
+inline void stream_store(T* p, const vec<T>& v) {
 #if defined(__AVX512F__)
-    if constexpr (Stream && vec<T>::size * sizeof(T) == 64) {
-        if ((reinterpret_cast<std::uintptr_t>(p) & 63) == 0) {
-            if constexpr (std::is_same_v<T, float>)
-                _mm512_stream_ps(p, v);
-            else
-                _mm512_stream_pd(p, v);
-            return;
-        }
+    if constexpr (vec<T>::size * sizeof(T) == 64) {
+        if constexpr (std::is_same_v<T, float>)
+            _mm512_stream_ps(p, v);
+        else
+            _mm512_stream_pd(p, v);
+        return;
     }
 #endif
 #if defined(__AVX__)
-    if constexpr (Stream && vec<T>::size * sizeof(T) == 32) {
-        if ((reinterpret_cast<std::uintptr_t>(p) & 31) == 0) {
-            if constexpr (std::is_same_v<T, float>)
-                _mm256_stream_ps(p, v);
-            else
-                _mm256_stream_pd(p, v);
-            return;
-        }
+    if constexpr (vec<T>::size * sizeof(T) == 32) {
+        if constexpr (std::is_same_v<T, float>)
+            _mm256_stream_ps(p, v);
+        else
+            _mm256_stream_pd(p, v);
+        return;
     }
 #endif
+    v.store_aligned(p);
+}
+
+/// Stores v at p: a streaming store when Stream and p is vector-aligned.
+template <bool Stream, class T>
+inline void store(T* p, const vec<T>& v) {
+    if constexpr (Stream && vec<T>::size * sizeof(T) >= 32) {
+        if ((reinterpret_cast<std::uintptr_t>(p) & (sizeof(vec<T>) - 1)) == 0) return stream_store(p, v);
+    }
     v.store_unaligned(p);
 }
 
@@ -489,6 +495,44 @@ template <bool Stream, std::size_t NC, class T, class F>
         }
         return out;
     });
+}
+
+/// The same over positions [b, e) of a flat run of rows of c lanes, b on a row's start and e - b
+/// whole rows, when a row is at most row_vectors whole vectors: f(load, v) as for_each_run_store's,
+/// v the vector's NC coefficients (coefs[i] per lane), held in registers for the whole sweep, where
+/// for_each_flat's kernels load them from L1 at every vector. False (nothing done) for other
+/// runs, and for streaming stores that would not start on a vector boundary.
+template <int NV, bool Stream, std::size_t NC, class T, class F>
+[[gnu::always_inline]] inline void for_each_row_held(T* y, index_t b, index_t e, const std::array<const T*, NC>& coefs, F&& f) {
+    constexpr index_t L = width<T>;
+    std::array<vec<T>, NC> v[NV];
+#pragma GCC unroll 4
+    for (int k = 0; k < NV; ++k)
+#pragma GCC unroll 8
+        for (std::size_t i = 0; i < NC; ++i) v[k][i] = vec<T>::load_unaligned(coefs[i] + k * L);
+    for (index_t i = b; i < e; i += NV * L)
+#pragma GCC unroll 4
+        for (int k = 0; k < NV; ++k) {
+            const vec<T> out = f(full_load<T>{i + k * L}, v[k]);
+            if constexpr (Stream)
+                stream_store(y + i + k * L, out);  // y + b was checked: every vector lies on a boundary
+            else
+                out.store_unaligned(y + i + k * L);
+        }
+}
+template <bool Stream, std::size_t NC, class T, class F>
+[[gnu::always_inline]] inline bool for_each_row_held(T* y, index_t b, index_t e, index_t c, const std::array<const T*, NC>& coefs,
+                                                     F&& f) {
+    constexpr index_t L = width<T>;
+    if (c % L != 0 || c > row_vectors * L || b % c != 0 || (e - b) % c != 0) return false;
+    if (Stream && reinterpret_cast<std::uintptr_t>(y + b) % sizeof(vec<T>) != 0) return false;
+    switch (c / L) {
+        case 1: for_each_row_held<1, Stream>(y, b, e, coefs, f); break;
+        case 2: for_each_row_held<2, Stream>(y, b, e, coefs, f); break;
+        case 3: if constexpr (row_vectors >= 3) for_each_row_held<3, Stream>(y, b, e, coefs, f); break;
+        default: if constexpr (row_vectors >= 4) for_each_row_held<4, Stream>(y, b, e, coefs, f); break;
+    }
+    return true;
 }
 
 /// The same over positions [b, e) of a flat run of rows of c lanes (lane = position mod c), for
