@@ -256,15 +256,15 @@ TEST_CASE("out of cache, channels-last column moments go row by row, far centres
 TEST_CASE("channels-last column moments go row by row when the output streams, small slabs too") {
     // GroupNorm on NHWC (37 groups of 9 channels: per-channel column moments), four samples of
     // 333 channels, each sample's slab of x under a quarter of the last-level cache but x and y
-    // together past 3/8 of it, so that one thread's call streams its output and reads each slab
+    // together past half of it (channels-last columns' bound), so that one thread's call streams its output and reads each slab
     // from memory: the column moments go row by row (columns_by_rows with streaming) where the
     // slab alone would take column groups. Values at 1e4 + N(0, 1): each sample's first block has
     // no centre yet and takes its second pass; in channel 5 of sample 2 the second block's first
     // rows are outliers.
     const std::size_t c = 333, samples = 4;
-    const std::size_t rows = std::size_t(0.06 * engine::detail::llc_bytes() / double(sizeof(float) * c)) + 1;
+    const std::size_t rows = std::size_t(0.07 * engine::detail::llc_bytes() / double(sizeof(float) * c)) + 1;
     const double slab = double(rows) * double(c) * sizeof(float), total = double(samples) * slab;
-    CHECK(engine::detail::stream_output(2.0 * total, 1));
+    CHECK(engine::detail::stream_output(2.0 * total, 1, 0.5));
     CHECK_FALSE(engine::detail::columns_by_rows<float>(slab, engine::index_t(c), false));
     CHECK(engine::detail::columns_by_rows<float>(slab, engine::index_t(c), true));
     xt::xtensor<float, 4> x = xt::cast<float>(th::randn({samples, rows, 1, c}, 1e4, 1.0));
@@ -457,8 +457,9 @@ TEST_CASE("short planes in wide rows (BatchNorm, InstanceNorm on NCHW with 7x7, 
 
 TEST_CASE("streaming stores: decided by each thread's share of x and y, or all of it where kept indices pipeline; LayerNorm and RMSNorm rows streamed give the same values") {
     // x and y together past 3/8 of the last-level cache the engine reads but under 3/4 of it: one
-    // thread streams y; at two threads (half each) channels-last columns store through the cache,
-    // while rows and planes, whose kept indices then form a pipeline, stream
+    // thread streams y, except over channels-last columns (under half of it); at two threads
+    // (half each) channels-last columns store through the cache, while rows and planes, whose
+    // kept indices then form a pipeline, stream
     auto rows_for = [](std::size_t width) {
         return std::size_t(0.375 * engine::detail::llc_bytes() / double(2 * sizeof(float) * width)) | 1;  // odd: a partial block
     };
@@ -475,14 +476,15 @@ TEST_CASE("streaming stores: decided by each thread's share of x and y, or all o
         const auto in2 = engine::decide<float>(planes.p, planes.size, 2, 0, false, false);
         CHECK((in2.stream && in2.pipelined));
         const auto cols = plan_for<batch_norm>({"N", "H", "W", "C"}, {engine::index_t(rows), 1, 1, engine::index_t(width)}, true);
-        CHECK(engine::decide<float>(cols.p, cols.size, 1, 0, false, false).stream);
+        CHECK(engine::detail::lane_columns(cols.p));
+        CHECK_FALSE(engine::decide<float>(cols.p, cols.size, 1, 0, false, false).stream);
         const auto cols2 = engine::decide<float>(cols.p, cols.size, 2, 0, false, false);
         if (cols2.threads == 2) CHECK_FALSE(cols2.stream);
     }
     {
-        // x and y past 1/4 of the last-level cache but under 3/8: one thread streams y, rows,
-        // planes and channels-last columns alike; at two threads nothing does (each share under
-        // 1/4, all of it under the pipeline's 3/8)
+        // x and y past 1/4 of the last-level cache but under 3/8: one thread streams y over rows
+        // and planes, not over channels-last columns; at two threads nothing does (each share
+        // under 1/4, all of it under the pipeline's 3/8)
         const std::size_t width = 1031;
         const auto rows = std::size_t(0.3 * engine::detail::llc_bytes() / double(2 * sizeof(float) * width));
         for (const auto& [p, size] : {plan_for<layer_norm>({"T", "D"}, {engine::index_t(rows), engine::index_t(width)}, true),
@@ -490,11 +492,41 @@ TEST_CASE("streaming stores: decided by each thread's share of x and y, or all o
                                       plan_for<batch_norm>({"N", "H", "W", "C"}, {engine::index_t(rows), 1, 1, engine::index_t(width)}, true)}) {
             CAPTURE(p.pattern());
             const auto one = engine::decide<float>(p, size, 1, 0, false, false);
-            CHECK((one.stream && !one.stream_whole));
-            CHECK(engine::explain(p, one).find("each thread's share of x and y exceeds 1/4 of the last-level cache") != std::string::npos);
+            if (engine::detail::lane_columns(p)) {
+                CHECK_FALSE(one.stream);
+                CHECK(engine::explain(p, one).find("stores: cached") != std::string::npos);
+            } else {
+                CHECK((one.stream && !one.stream_whole));
+                CHECK(engine::explain(p, one).find("each thread's share of x and y exceeds 1/4 of the last-level cache") != std::string::npos);
+            }
             const auto two = engine::decide<float>(p, size, 2, 0, false, false);
             if (two.threads == 2) CHECK_FALSE(two.stream);
         }
+    }
+    {
+        // channels-last columns (BatchNorm, InstanceNorm and GroupNorm on NHWC) stream once each
+        // thread's share of x and y passes half of the last-level cache
+        const auto rows = [](double fraction, std::size_t c) {
+            return engine::index_t(fraction * engine::detail::llc_bytes() / double(2 * sizeof(float) * c));
+        };
+        for (double f : {0.45, 0.55}) {
+            CAPTURE(f);
+            for (const auto& [p, size] : {plan_for<batch_norm>({"N", "H", "W", "C"}, {rows(f, 64), 1, 1, 64}, true),
+                                          plan_for<instance_norm>({"N", "H", "W", "C"}, {4, rows(f, 4 * 64), 1, 64}, true),
+                                          plan_for<group_norm<8>>({"N", "H", "W", "C"}, {4, rows(f, 4 * 320), 1, 320}, true)}) {
+                CAPTURE(p.pattern());
+                CHECK(engine::detail::lane_columns(p));
+                const auto one = engine::decide<float>(p, size, 1, 0, false, false);
+                CHECK(one.stream == (f > 0.5));
+                if (f > 0.5)
+                    CHECK(engine::explain(p, one).find("each thread's share of x and y exceeds 1/2 of the last-level cache") != std::string::npos);
+                const auto two = engine::decide<float>(p, size, 2, 0, false, false);
+                if (two.threads == 2) CHECK_FALSE(two.stream);  // each share under half
+            }
+        }
+        // rows and planes are not channels-last columns
+        CHECK_FALSE(engine::detail::lane_columns(plan_for<layer_norm>({"T", "D"}, {8, 64}, true).p));
+        CHECK_FALSE(engine::detail::lane_columns(plan_for<batch_norm>({"N", "C", "H", "W"}, {2, 3, 16, 17}, true).p));
     }
     // widths: every row at its own offset from a vector boundary (1031: row by row), all rows at
     // the same one (1024, and 256, the shortest rows that stream: blocks of rows stream together);
@@ -662,7 +694,7 @@ TEST_CASE("out of cache, channels-last kept indices form a pipeline a block of r
     // vector; column groups) and more than eight vectors of them (333: row by row), rows that
     // are not a whole number of blocks, y one value past a vector boundary; float and double; an
     // rms norm with gamma folded.
-    const double bytes = 0.8 * engine::detail::llc_bytes();  // x and y together: one and two threads stream
+    const double bytes = 1.1 * engine::detail::llc_bytes();  // x and y together: one and two threads stream (half each past 1/2)
     auto count_for = [&](std::size_t per) { return std::size_t(bytes / double(2 * sizeof(float) * per)) | 1; };
     {
         const auto in = plan_for<instance_norm>({"N", "H", "W", "C"}, {engine::index_t(count_for(29 * 31 * 37)), 29, 31, 37}, true);
@@ -715,7 +747,7 @@ TEST_CASE("out of cache, channels-last kept indices form a pipeline a block of r
     // samples)
     auto split_samples = [&](auto spec, long groups, std::size_t samples, std::size_t c) {
         using S = decltype(spec);
-        const std::size_t w = 61, rows = std::size_t(0.12 * engine::detail::llc_bytes() / double(samples * c)) + 1;
+        const std::size_t w = 61, rows = std::size_t(0.15 * engine::detail::llc_bytes() / double(samples * c)) + 1;
         const std::array<std::size_t, 3> hwc{rows / w + 1, w, c};
         const auto pl = plan_for<S>({"N", "H", "W", "C"}, {engine::index_t(samples), engine::index_t(hwc[0]), engine::index_t(w), engine::index_t(c)}, true);
         const auto d = engine::decide<float>(pl.p, pl.size, 2, 0, false, false);

@@ -1136,7 +1136,29 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
 /// with y flushed. (The bound was 3/8, from an earlier measurement that found stores through the
 /// cache up to 2.3x faster at 10 MiB on one thread; not reproduced with y in L3 or flushed. This
 /// machine's L3 is shared with other tenants, so how much of it holds y varies.)
-inline bool stream_output(double bytes, int threads) { return bytes / double(std::max(threads, 1)) > 0.25 * llc_bytes(); }
+///
+/// Channels-last columns (lane_columns) stream past half of it instead: their normalize sweep
+/// reads x's rows from cache as it writes y, and stores through the cache leave y in L3 for what
+/// reads it next. On this machine (a Zen 5 guest, 32 MiB of L3), one engine, NORMSPEC_LLC_BYTES
+/// at 96 MiB (bounds tripled) against the detected 32 MiB, best of three alternations, with x
+/// and y in L3 from the call before: one thread, 10.5-16.8 MiB of x and y (1x320x64x64,
+/// 8x256x32x32, 1x320x80x80), GroupNorm and BatchNorm NHWC training at 0.66-0.78 of the time,
+/// BatchNorm NHWC evaluation 0.77-1.02 (16x64x56x56, 12.8 MiB: 0.97-1.06); two threads,
+/// shares of 10.5 and 15.7 MiB (2x320x64x64, 3x320x64x64), 0.65-0.78 (GroupNorm at 3x: 1.01).
+/// After a 96 MiB sweep before each call, 0.89-1.24 (one thread). Past half, at one thread
+/// (21-32 MiB), stores through the cache measured 0.88-1.35x: those stream as before.
+inline bool stream_output(double bytes, int threads, double fraction = 0.25) {
+    return bytes / double(std::max(threads, 1)) > fraction * llc_bytes();
+}
+
+/// Channels-last columns: a contiguous kept run innermost, one statistic per lane (BatchNorm and
+/// InstanceNorm on NHWC) or per group of lanes (GroupNorm on NHWC, grouped_columns)
+inline bool lane_columns(const plan& p) {
+    return grouped_columns(p) || (!p.fused.empty() && !p.fused.back().reduced && p.fused.back().sx == 1 && p.fused.back().sy == 1);
+}
+
+/// The fraction of the last-level cache that each thread's share of x and y passes to stream y
+inline double stream_fraction(const plan& p) { return lane_columns(p) ? 0.5 : 0.25; }
 
 /// Whether all of x and y (`bytes`) stream where the kept indices form a pipeline: past 3/8 of
 /// the last-level cache, at any thread count (see decide()). At two threads, 10 MiB (GroupNorm
@@ -1190,7 +1212,7 @@ decision decide(const plan& p, index_t total, int requested_threads, int schedul
     // of every row measured 1.4-1.9x slower on fwd_eval/batch_norm/NCHW/50x2048x7x7/t1, same run)
     d.group_blocks = !use_running && schedule != 2 && !in_order && detail::group_blocks(p);
     const double bytes = 2.0 * double(total) * sizeof(T);
-    const bool share = detail::stream_output(bytes, d.threads);
+    const bool share = detail::stream_output(bytes, d.threads, detail::stream_fraction(p));
     // kept columns whose threads split each kept index's rows (columns_split) run fused, with any
     // slab. Their stores stream by each thread's share alone: neither stream_whole
     // (pipelined_rows) nor the short-run rule below applies to them.
@@ -1283,7 +1305,8 @@ inline std::string explain(const plan& p, const decision& d) {
     s += std::string("stores: ") +
          (!d.stream             ? "cached"
           : d.stream_whole ? "streaming (x and y exceed 3/8 of the last-level cache, and the kept indices form a pipeline)"
-                                : "streaming (each thread's share of x and y exceeds 1/4 of the last-level cache)") +
+                                : std::string("streaming (each thread's share of x and y exceeds ") +
+                                      (detail::lane_columns(p) ? "1/2" : "1/4") + " of the last-level cache)") +
          "\n";
     return s;
 }
