@@ -163,14 +163,6 @@ inline double residue_of(const T* x, index_t n, T m) {
     return double(simd::fold4(x, n, [&](auto acc, auto v) { return acc + (v - decltype(v)(m)); }));
 }
 
-/// f.template operator()<B>() with B = nb, for 1 <= nb <= NB: a kernel for its count (of rows in
-/// a block, of vectors in a row).
-template <int NB, class F>
-inline void with_count(int nb, F&& f) {
-    if (nb == NB) return f.template operator()<NB>();
-    if constexpr (NB > 1) with_count<NB - 1>(nb, f);
-}
-
 /// lane_sums of rows of NV vectors (the last one Tail: its lanes from n on load 0), the sums in
 /// registers through the block, then stored to acc
 template <int NV, bool Tail, class T>
@@ -223,7 +215,7 @@ inline void lane_sums(const T* X, const T* DY, const offsets* rows, index_t coun
         // read 24-27 GB/s with its sums in memory, 30 in registers). With flat_dx's held
         // coefficients, see reference.md for the backward's times.
         const bool tail = n % L != 0;
-        with_count<simd::row_vectors>(int((n + L - 1) / L), [&]<int NV>() {
+        simd::with_count<simd::row_vectors>(int((n + L - 1) / L), [&]<int NV>() {
             if (tail)
                 lane_sums_held<NV, true>(X, DY, rows, count, mh, n, np, acc);
             else
@@ -1133,14 +1125,14 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             const T* g = a.gamma ? a.gamma + pb : nullptr;
             T* pg = dgT.empty() || !dg ? nullptr : dgT.data() + pb;
             T* pbt = dbT.empty() || !db ? nullptr : dbT.data() + pb;
-            detail::with_count<NB>(nb, [&]<int B>() { detail::rows_sums<B>(xs, dys, n, rc, g, pg, pbt, s1, s2, s3); });
+            simd::with_count<NB>(nb, [&]<int B>() { detail::rows_sums<B>(xs, dys, n, rc, g, pg, pbt, s1, s2, s3); });
             // the sums were about the saved mean, rounded to T; the exact one is that plus
             // delta = residue / N, and xhat = xhat' - delta * rstd: so sum gy * xhat loses
             // delta * rstd * sum gy here, and dgamma loses delta * rstd * dy in the dx sweep
             T k[NB];
             for (int r = 0; r < nb; ++r) k[r] = T(rc[r].finish(s1[r], s2[r], s3[r], exact_mean, spec.rms, a.constant_stats, inv_n));
             const T* kp = exact_mean ? k : nullptr;
-            detail::with_count<NB>(nb, [&]<int B>() { detail::rows_dx<B>(xs, dys, dxs, n, rc, g, kp, pg); });
+            simd::with_count<NB>(nb, [&]<int B>() { detail::rows_dx<B>(xs, dys, dxs, n, rc, g, kp, pg); });
             if ((pending += nb) >= 64) flush_params();
             nb = 0;
         };

@@ -1306,7 +1306,7 @@ inline std::string explain(const plan& p, const decision& d) {
          (!d.stream             ? "cached"
           : d.stream_whole ? "streaming (x and y exceed 3/8 of the last-level cache, and the kept indices form a pipeline)"
                                 : std::string("streaming (each thread's share of x and y exceeds ") +
-                                      (detail::lane_columns(p) ? "1/2" : "1/4") + " of the last-level cache)") +
+                                      "1/" + std::to_string(int(1 / detail::stream_fraction(p))) + " of the last-level cache)") +
          "\n";
     return s;
 }

@@ -85,6 +85,14 @@ inline constexpr index_t width = index_t(vec<T>::size);
 inline constexpr int registers = sizeof(vec<float>) >= 64 ? 32 : 16;
 
 /// The vector 0, 1, 2, ... (each lane's number)
+/// f.template operator()<B>() with B = nb, for 1 <= nb <= NB: a kernel for its count (of rows in
+/// a block, of vectors in a row).
+template <int NB, class F>
+inline void with_count(int nb, F&& f) {
+    if (nb == NB) return f.template operator()<NB>();
+    if constexpr (NB > 1) with_count<NB - 1>(nb, f);
+}
+
 /// Rows of at most this many vectors (four with 32 registers, two with 16) keep their per-lane
 /// values (sums, coefficients: three or four arrays of them) in registers for the whole sweep.
 inline constexpr int row_vectors = registers / 8;
@@ -526,12 +534,7 @@ template <bool Stream, std::size_t NC, class T, class F>
     constexpr index_t L = width<T>;
     if (c % L != 0 || c > row_vectors * L || b % c != 0 || (e - b) % c != 0) return false;
     if (Stream && reinterpret_cast<std::uintptr_t>(y + b) % sizeof(vec<T>) != 0) return false;
-    switch (c / L) {
-        case 1: for_each_row_held<1, Stream>(y, b, e, coefs, f); break;
-        case 2: for_each_row_held<2, Stream>(y, b, e, coefs, f); break;
-        case 3: if constexpr (row_vectors >= 3) for_each_row_held<3, Stream>(y, b, e, coefs, f); break;
-        default: if constexpr (row_vectors >= 4) for_each_row_held<4, Stream>(y, b, e, coefs, f); break;
-    }
+    with_count<row_vectors>(int(c / L), [&]<int NV>() { for_each_row_held<NV, Stream>(y, b, e, coefs, f); });
     return true;
 }
 
