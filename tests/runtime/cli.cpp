@@ -149,12 +149,16 @@ TEST_CASE("normspec plan prints the pattern, loops, sweeps and threads that forw
     const auto ln = plan("--norm layer_norm --layout TD --shape 4096,4096");
     CHECK(ln.find("pattern: [keep T, reduce D]") != std::string::npos);
     CHECK(ln.find("stores: streaming") != std::string::npos);
+    // a call moving less than the parallel bound (1 MiB) runs on one thread of the two allowed
+    CHECK(plan("--norm layer_norm --layout TD --shape 8,4096 --threads 2")
+              .find("threads: 1 (x and y under 1024 KiB, the parallel bound: a team would cost more than it saves)") != std::string::npos);
+    CHECK(plan("--norm layer_norm --layout TD --shape 8,4096 --threads 1").find("threads: 1\n") != std::string::npos);
     // rows shorter than four vectors are rows (no reduced loop outside them to make columns of)
     const auto short_rows = plan("--norm layer_norm --layout TD --shape 512,48");
     CHECK(short_rows.find("sweeps: fused per kept index") != std::string::npos);
     // BatchNorm's planes across 2048 channels: 2x3 planes (shorter than a vector of floats, AVX2's
     // 8 or AVX-512's 16) in blocks of channels; 7x7 planes in two sweeps in memory order, the planes of each sample as one flat run
-    const auto planes = plan("--norm batch_norm --layout NCHW --shape 8,2048,2,3 --threads 2");
+    const auto planes = plan("--norm batch_norm --layout NCHW --shape 16,2048,2,3 --threads 2");
     CHECK(planes.find("sweeps: per block of C") != std::string::npos);
     CHECK(planes.find("threads: 2 over blocks of kept indices") != std::string::npos);
     CHECK(planes.find("stores: cached") != std::string::npos);

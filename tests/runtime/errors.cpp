@@ -185,3 +185,14 @@ TEST_CASE("the last-level cache: NORMSPEC_LLC_BYTES, then sysfs, then sysconf un
         CHECK_INVALID(llc_bytes_from(bad, 32 * MiB, 32 * MiB), ("NORMSPEC_LLC_BYTES is '" + std::string(bad) + "'; expected the last-level cache's size").c_str());
     CHECK(engine::detail::cache_size_of("32768K") == 32 * MiB);  // as sysfs writes it
 }
+
+TEST_CASE("the parallel bound: NORMSPEC_PARALLEL_BYTES, else 1 MiB of traffic") {
+    using engine::detail::parallel_bytes_from;
+    CHECK(parallel_bytes_from(nullptr) == 1024.0 * 1024);
+    CHECK(parallel_bytes_from("") == 1024.0 * 1024);  // set but empty: unset
+    CHECK(parallel_bytes_from("256K") == 256.0 * 1024);
+    CHECK(parallel_bytes_from("3000000") == 3000000.0);
+    CHECK(parallel_bytes_from("0") == 0.0);  // every call takes its threads
+    for (const char* bad : {"abc", "1X", "-4M", "M"})
+        CHECK_INVALID(parallel_bytes_from(bad), ("NORMSPEC_PARALLEL_BYTES is '" + std::string(bad) + "'; expected a number of bytes").c_str());
+}

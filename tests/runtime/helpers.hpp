@@ -26,6 +26,16 @@ inline xt::xarray<double> randn(std::vector<std::size_t> shape, double offset = 
     return a;
 }
 
+/// normspec's parallel bound (engine::parallel_bytes) set to `bytes` for a scope. The suite runs
+/// with it at 0 (main.cpp), so every threads(2) takes its team however small the call.
+struct parallel_bytes_scope {
+    double old;
+    explicit parallel_bytes_scope(double bytes) : old(normspec::engine::parallel_bytes().exchange(bytes)) {}
+    ~parallel_bytes_scope() { normspec::engine::parallel_bytes() = old; }
+    parallel_bytes_scope(const parallel_bytes_scope&) = delete;
+    parallel_bytes_scope& operator=(const parallel_bytes_scope&) = delete;
+};
+
 /// The first value of buf, at index `from` or later, that lies `offset` bytes past a multiple of
 /// `modulus` bytes (placing an output off a vector boundary, or at a chosen page offset; from > 0
 /// leaves values before it to check that nothing was written there); buf needs from + modulus /

@@ -197,8 +197,33 @@ TEST_CASE("inputs: raw memory through xt::adapt, fixed-size tensors, and lazy ex
     CHECK(lazy.y == eager.y);
 }
 
+TEST_CASE("a call takes its threads from 1 MiB of traffic up: x and y forward, x, dy and dx backward") {
+    th::parallel_bytes_scope bound(engine::default_parallel_bytes);
+    // LayerNorm 8x4096 in floats moves 256 KiB forward: one thread, where two took 2.2x its time
+    const auto small = plan_for<layer_norm>({"T", "D"}, {8, 4096}, true);
+    CHECK(engine::decide<float>(small.p, small.size, 2, 0, false, false).threads == 1);
+    CHECK(engine::decide<double>(small.p, small.size, 2, 0, false, false).threads == 1);
+    const auto doubles = plan_for<layer_norm>({"T", "D"}, {16, 4096}, true);  // 1 MiB in doubles
+    CHECK(engine::decide<float>(doubles.p, doubles.size, 2, 0, false, false).threads == 1);
+    CHECK(engine::decide<double>(doubles.p, doubles.size, 2, 0, false, false).threads == 2);
+    const auto large = plan_for<batch_norm>({"N", "C", "H", "W"}, {2, 16, 64, 64}, true);  // 1 MiB in floats
+    CHECK(engine::decide<float>(large.p, large.size, 2, 0, false, false).threads == 2);
+    CHECK(engine::decide<float>(large.p, large.size, 1, 0, false, false).threads == 1);
+    // the backward's three streams: 1 MiB at 87382 floats
+    CHECK(engine::threads_for(87381, sizeof(float), 3, 2) == 1);
+    CHECK(engine::threads_for(87382, sizeof(float), 3, 2) == 2);
+    CHECK(engine::threads_for(1 << 20, sizeof(float), 2, 1) == 1);
+    {
+        th::parallel_bytes_scope none(0);  // NORMSPEC_PARALLEL_BYTES=0
+        CHECK(engine::decide<float>(small.p, small.size, 2, 0, false, false).threads == 2);
+        CHECK(engine::threads_for(1, sizeof(float), 3, 2) == 2);
+    }
+    CHECK(engine::parallel_bytes().load() == engine::default_parallel_bytes);
+}
+
 TEST_CASE("one and two threads agree, on kept-index and split-reduction plans") {
-    // enough elements to pass the parallel threshold; few channels force a split reduction
+    // the suite's parallel bound is 0 (main.cpp): two threads take their team at these sizes; few
+    // channels force a split reduction
     xt::xtensor<float, 4> nhwc = xt::cast<float>(th::randn({8, 32, 32, 3}, 3.0));
     xt::xtensor<float, 4> nchw = xt::cast<float>(th::randn({8, 3, 32, 32}, 3.0));
     xt::xtensor<float, 3> row = xt::cast<float>(th::randn({1, 1, 70001}, -2.0));
@@ -785,6 +810,7 @@ thread_local long allocations = 0;
 TEST_CASE("a small call's allocations: the forward's results and coefficients, the backward's gradients and sums") {
     // the fixed cost of a small call is mostly its allocations: loop dims, extents and names are
     // held in place, so what is left is what the call returns and one block of coefficients
+    th::parallel_bytes_scope bound(engine::default_parallel_bytes);  // a small call: one thread
     xt::xtensor<float, 2> x = th::randn({1, 16}, 0.5, 2.0), dy = th::randn({1, 16}), y = xt::zeros<float>({1, 16}), dx = y;
     xt::xtensor<float, 1> g = th::randn({16}, 1.0, 0.5), b = th::randn({16});
     auto count = [](auto&& f) {

@@ -847,9 +847,10 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     const std::size_t fd = p.fused.size();
     const double inv_n = 1.0 / double(b.reduction_count);
     const bool stream = detail::stream_dx(3.0 * double(total) * sizeof(T));
+    const int wanted = threads_for(total, sizeof(T), 3, a.threads);
     if (detail::group_blocks(p) && p.fused[fd - 1].sdy == 1 && p.fused[fd - 2].sdy == p.fused[fd - 1].extent &&
         p.fused[fd - 1].sparam == 0 && std::all_of(p.fused.begin(), p.fused.end() - 2, [](const loop_dim& d) { return !d.reduced || d.sparam == 0; }))
-        return detail::backward_group_blocks(spec, p, a, inv_n, b.param_count, stream, threads_for(total, a.threads));
+        return detail::backward_group_blocks(spec, p, a, inv_n, b.param_count, stream, wanted);
     const bool grouped = detail::grouped_columns(p) && p.fused[fd - 1].sdy == 1 && p.fused[fd - 2].sdy == p.fused[fd - 1].extent &&
                          p.fused[fd - 2].sparam == p.fused[fd - 1].extent * p.fused[fd - 1].sparam;
     loop_dim inner = p.fused.back();
@@ -868,7 +869,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     const index_t lanes = inner.reduced ? 1 : n;  // statistics per kept index
     const index_t ss = inner.reduced ? 0 : inner.sstat;
     // threads over kept indices; with fewer kept indices than threads, one thread does it all
-    int nt = threads_for(total, a.threads);
+    int nt = wanted;
     if (nk < nt) nt = 1;
     const bool want_params = has_params && (a.dgamma || a.dbeta);
     // batch statistics with a saved mean: the exact mean is recovered from x (the saved one is rounded to T)
@@ -907,7 +908,6 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     // InstanceNorm NHWC 3x64x112x112 at 0.71-1.00; with two samples (2x320x96x96), one per thread,
     // 1.00-1.15x, so one kept index per thread keeps its two sweeps (the previous sample's x and
     // dy, 24 MiB, do not stay in L3 for the pipeline to read).
-    const int wanted = threads_for(total, a.threads);
     // (rows back to back, streaming: the kept indices can pipeline, here or per thread below)
     const bool pipeline_columns = vector_columns && stream && detail::flat_column_rows(cx);
     const bool split_pipeline = pipeline_columns && nk > wanted && nk < 2 * wanted;

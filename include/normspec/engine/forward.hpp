@@ -18,6 +18,7 @@
 #include "plan.hpp"
 
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -91,14 +92,6 @@ inline void team_barrier() {
     if (team_size() > 1) {
 #pragma omp barrier
     }
-}
-
-/// Below this many elements a second thread costs more than it saves.
-inline constexpr index_t parallel_threshold = index_t(1) << 15;
-
-inline int threads_for(index_t elements, int requested) {
-    const int nt = requested > 0 ? requested : max_threads();
-    return elements < parallel_threshold ? 1 : nt;
 }
 
 template <class T>
@@ -1176,6 +1169,47 @@ inline bool flat_runs_apply(const plan& p, bool fused) {
 
 }  // namespace detail
 
+/// Below this much memory traffic (the bytes a call reads and writes: x and y forward, x, dy and
+/// dx backward) a call runs on one thread. A team costs about 5 us on a 2-core Zen 5 guest (an
+/// empty parallel region of two threads 2.9 us; a cache line there and back between its cores
+/// 0.5-0.65 us), the time one thread takes over about 1 MiB of such traffic in cache: one and
+/// two threads measured alike at 0.8-1.1 MiB for LayerNorm, BatchNorm and GroupNorm NCHW and
+/// InstanceNorm forward (110-140 thousand floats), and 0.75-0.9 MiB backward (64-75 thousand);
+/// at half of it two threads took 1.35-2.0x the time of one, at twice 0.64-0.77x. Was 32768
+/// elements (PyTorch's grain size), where two threads took 2.2x one thread's time for
+/// LayerNorm 8x4096.
+inline constexpr double default_parallel_bytes = 1024.0 * 1024;
+
+namespace detail {
+/// The parallel bound from the environment variable NORMSPEC_PARALLEL_BYTES (`env`, nullptr or
+/// empty: unset, default_parallel_bytes; bytes, or K/M/G; 0: every call takes its threads;
+/// anything else throws, naming the variable).
+inline double parallel_bytes_from(const char* env) {
+    if (!env || !*env) return default_parallel_bytes;
+    if (std::string(env) == "0") return 0;
+    const double v = cache_size_of(env);
+    if (v <= 0)
+        throw std::invalid_argument(std::string("normspec: NORMSPEC_PARALLEL_BYTES is '") + env +
+                                    "'; expected a number of bytes, or with a K, M or G suffix (1M), or 0");
+    return v;
+}
+}  // namespace detail
+
+/// The traffic below which a call runs on one thread: NORMSPEC_PARALLEL_BYTES when the process
+/// first asks, else default_parallel_bytes; a program may set it (each call reads it once).
+inline std::atomic<double>& parallel_bytes() {
+    static std::atomic<double> bytes{detail::parallel_bytes_from(std::getenv("NORMSPEC_PARALLEL_BYTES"))};
+    return bytes;
+}
+
+/// The threads a call of `elements` values of `element_bytes` each takes, `streams` of them read
+/// or written (2 forward, 3 backward), when `requested` (0: OpenMP's default) are allowed.
+inline int threads_for(index_t elements, std::size_t element_bytes, int streams, int requested) {
+    const int nt = requested > 0 ? requested : max_threads();
+    const double traffic = double(elements) * double(element_bytes) * streams;
+    return traffic < parallel_bytes().load(std::memory_order_relaxed) ? 1 : nt;
+}
+
 /// How one call runs: what forward() does and `normspec plan` prints, decided in one place.
 struct decision {
     int threads = 1;
@@ -1189,13 +1223,16 @@ struct decision {
     bool use_running = false;      // evaluation with running statistics: no statistics sweep
     bool stats_in_order = false;   // unfused: the statistics of short runs in memory order (runs_statistics)
     bool flat_runs = false;        // unfused: the normalize sweep's short runs as one flat run per row
+    bool small_call = false;       // one thread of several allowed: x and y under parallel_bytes()
 };
 
 template <class T>
 decision decide(const plan& p, index_t total, int requested_threads, int schedule, bool use_running, bool in_place) {
     decision d;
     d.use_running = use_running;
-    d.threads = threads_for(total, requested_threads);
+    const int allowed = requested_threads > 0 ? requested_threads : max_threads();
+    d.threads = threads_for(total, sizeof(T), 2, allowed);
+    d.small_call = allowed > 1 && d.threads == 1;
     // Short runs back to back (BatchNorm NCHW's 7x7 planes) take two sweeps in memory order
     // instead: the statistics (runs_statistics), then one flat run per row. Time against blocks
     // of channels, same run: out of cache, 50x2048x7x7 at 0.73 (one thread) and 0.89 (two); in
@@ -1297,7 +1334,9 @@ inline std::string explain(const plan& p, const decision& d) {
     }
     s += std::string("parameters: ") + (!p.has_params ? "none" : p.fold ? "folded into per-statistic scale and shift" : "applied per element") + "\n";
     s += "threads: " + std::to_string(d.threads) +
-         (d.threads == 1              ? ""
+         (d.small_call                ? " (x and y under " + std::to_string(long(parallel_bytes().load() / 1024)) +
+                                            " KiB, the parallel bound: a team would cost more than it saves)"
+          : d.threads == 1            ? ""
           : d.split_reduction         ? " (the reduction is split; partial moments merged)"
           : d.group_blocks            ? " over blocks of kept indices"
                                       : " over kept indices") +
