@@ -495,7 +495,8 @@ TEST_CASE("backward: dx streams once x, dy and dx together pass 3/8 of the last-
 TEST_CASE("channels-last backward on rows of a few vectors (sums and dx coefficients in registers): the float64 reference") {
     // BatchNorm, InstanceNorm and GroupNorm on NHWC at channel counts around the vector
     // boundaries (1 to 4 vectors of AVX-512 or AVX2 take the kernels that hold a row's sums and
-    // coefficients in registers, a partial last vector too; 65 and 80 do not), 165 rows (blocks of
+    // coefficients in registers, a partial last vector too; 65 and wider rows take their sums a
+    // slab of up to 4 vectors at a time, 129 and 200 with a partial slab and vector), 165 rows (blocks of
     // 64 rows and a shorter one), data at 1e4 + N(0,1): dx, dgamma and dbeta against the formulas
     // in double, per statistic (BatchNorm: channel c; InstanceNorm: sample and channel;
     // GroupNorm: sample and group), float and double, one and two threads. x and dy end at an
@@ -553,7 +554,7 @@ TEST_CASE("channels-last backward on rows of a few vectors (sums and dx coeffici
             CHECK(th::rel_err(grad.dbeta, xt::adapt(db)) < 10 * tol);
         }
     };
-    for (std::size_t nc : {1, 5, 8, 9, 16, 17, 24, 31, 32, 33, 48, 63, 64, 65, 80}) {
+    for (std::size_t nc : {1, 5, 8, 9, 16, 17, 24, 31, 32, 33, 48, 63, 64, 65, 80, 129, 200}) {
         check(batch_norm{}, float{}, nc, 0);
         check(batch_norm{}, double{}, nc, 0);
         check(instance_norm{}, float{}, nc, 0);

@@ -164,7 +164,8 @@ inline double residue_of(const T* x, index_t n, T m) {
 }
 
 /// lane_sums of rows of NV vectors (the last one Tail: its lanes from n on load 0), the sums in
-/// registers through the block, then stored to acc
+/// registers through the block, then stored to acc (a slab of wider rows: X, DY, mh and acc from
+/// its first lane, acc's three runs still np apart)
 template <int NV, bool Tail, class T>
 inline void lane_sums_held(const T* X, const T* DY, const offsets* rows, index_t count, const T* mh, index_t n, index_t np, T* acc) {
     using V = simd::vec<T>;
@@ -190,51 +191,36 @@ inline void lane_sums_held(const T* X, const T* DY, const offsets* rows, index_t
 }
 
 /// The sums of dy, of dy * (x - mh) and of x - mh per lane over rows[0, count) of n lanes each,
-/// row by row in memory order, in T in acc (three runs of np values: n rounded up to a vector),
-/// then added to sd, sq, sr in double. Down the rows a few lanes at a time, with the sums in
-/// registers (as the forward's column_group), the reads jump a row's length at every row, which
-/// the hardware prefetchers follow poorly: row by row, with the sums in L1, measured 0.42-0.90
-/// of that order's time (the sums alone, standalone, x and dy of 8192x256, 100352x64, 2450x2048
-/// and 4096x320, in cache and after a 64 MiB sweep); the whole backward 0.65-0.92 of the time
-/// (BatchNorm NHWC 8x256x32x32, 32x64x56x56, 50x2048x7x7, GroupNorm NHWC 2x320x96x96,
-/// InstanceNorm NHWC 32x64x56x56, one and two threads, old and new engines in one process), but
-/// 0.94-1.17x at 1x320x64x64 on two threads, in cache. Each lane's sum is the same sequence of
-/// additions as down the lane, so the results are the same.
+/// in T in acc (three runs of np values: n rounded up to a vector), then added to sd, sq, sr in
+/// double: a slab of simd::row_vectors vectors at a time down the rows (lane_sums_held), its
+/// sums in registers; a row of at most that many vectors is one slab. Each lane's sum is the same
+/// sequence of additions in any order of slabs, so the results are those of a row at a time.
+/// A row at a time, with the sums in L1 (loaded and stored again at every vector; out of cache
+/// the stores hold back the reads: a hand-written sum over 64 channels of 51 MiB read 24-27 GB/s
+/// with its sums in memory, 30 in registers), measured on this Zen 5 guest, old and new engines
+/// in one process, each in both link places, BatchNorm NHWC backward: 50x2048x7x7 1.03-1.07x the
+/// time of slabs at one thread, 1.05-1.07x at two; 8x256x32x32 1.08-1.12x and 1.15-1.17x;
+/// GroupNorm-sized rows (2x320x96x96) 1.01-1.06x. (An earlier order, down the block's rows a few
+/// lanes at a time as the forward's column_group, had measured 1.1-2.4x the time of a row at a
+/// time, the sums alone; the blocks are at most 64 rows, see column_block_rows.)
 template <class T>
 inline void lane_sums(const T* X, const T* DY, const offsets* rows, index_t count, const T* mh, index_t n, index_t np, T* acc,
                       double* sd, double* sq, double* sr) {
-    using V = simd::vec<T>;
     constexpr index_t L = simd::width<T>;
-    T* ad = acc;
-    T* aq = acc + np;
-    T* ar = acc + 2 * np;
-    if (n <= simd::row_vectors * L) {
-        // a row of a few vectors: the sums stay in registers (the same additions, in the same
-        // order per lane). In L1, each vector's three sums are loaded and stored again; out of
-        // cache the stores hold back the reads (a hand-written sum over 64 channels of 51 MiB
-        // read 24-27 GB/s with its sums in memory, 30 in registers). With flat_dx's held
-        // coefficients, see reference.md for the backward's times.
-        const bool tail = n % L != 0;
-        simd::with_count<simd::row_vectors>(int((n + L - 1) / L), [&]<int NV>() {
+    constexpr index_t S = simd::row_vectors * L;
+    for (index_t j = 0; j < n; j += S) {
+        const index_t w = std::min(S, n - j);
+        const bool tail = w % L != 0;
+        simd::with_count<simd::row_vectors>(int((w + L - 1) / L), [&]<int NV>() {
             if (tail)
-                lane_sums_held<NV, true>(X, DY, rows, count, mh, n, np, acc);
+                lane_sums_held<NV, true>(X + j, DY + j, rows, count, mh + j, w, np, acc + j);
             else
-                lane_sums_held<NV, false>(X, DY, rows, count, mh, n, np, acc);
+                lane_sums_held<NV, false>(X + j, DY + j, rows, count, mh + j, w, np, acc + j);
         });
-    } else {
-        std::fill(acc, acc + 3 * np, T(0));
-        for (index_t i = 0; i < count; ++i) {
-            const T* x = X + rows[i].x;
-            const T* dy = DY + rows[i].dy;
-            // masked lanes load 0 from x, dy and mh alike: they add 0
-            simd::for_vectors<T>(0, n, [&]<bool Tail>(index_t j, index_t t) __attribute__((always_inline)) {
-                const V d = load_at<Tail>(dy, j, t), xc = load_at<Tail>(x, j, t) - load_at<Tail>(mh, j, t);
-                (V::load_unaligned(ad + j) + d).store_unaligned(ad + j);
-                xsimd::fma(d, xc, V::load_unaligned(aq + j)).store_unaligned(aq + j);
-                (V::load_unaligned(ar + j) + xc).store_unaligned(ar + j);
-            });
-        }
     }
+    const T* ad = acc;
+    const T* aq = acc + np;
+    const T* ar = acc + 2 * np;
     for (index_t j = 0; j < n; ++j) sd[j] += double(ad[j]), sq[j] += double(aq[j]), sr[j] += double(ar[j]);
 }
 
@@ -242,7 +228,7 @@ inline void lane_sums(const T* X, const T* DY, const offsets* rows, index_t coun
 /// the exact one): t1 = sum gy, t2 = sum gy * xhat, tg = sum dy * xhat, tb = sum dy and (tr not
 /// nullptr) the residue sum x - mean. gamma is constant down a lane, so only sum dy, sum
 /// dy * (x - mean) and sum (x - mean) are taken per element; per block of rows (the float sums
-/// of at most 64 rows, then double), row by row (lane_sums). before(rows, count) runs before each
+/// of at most 64 rows, then double), a slab at a time (lane_sums). before(rows, count) runs before each
 /// block's sums (the pipeline of kept indices: the previous one's dx over the same rows).
 template <class T, class Before = no_block_work>
 void column_sums(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln, index_t r0, index_t r1, double* t1,

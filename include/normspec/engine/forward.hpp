@@ -180,7 +180,8 @@ inline double llc_bytes() {
 /// 1 MiB slabs 0.88-1.04 of the time, BatchNorm 0.90-1.02 warm and 0.83-0.97 after a 64 MiB
 /// sweep (both engines built with -falign-loops=64, each in both places of the process, three
 /// and four runs: built without it, the same code measured up to 1.22x apart depending on where
-/// it was linked). (The backward's column sums go row by row in and out of cache: lane_sums.)
+/// it was linked). (The backward's column sums go a slab of a few vectors at a time down blocks
+/// of at most 64 rows, in and out of cache: lane_sums.)
 template <class T>
 inline bool columns_by_rows(double bytes, index_t n, bool streaming) {
     return (streaming || bytes > 0.25 * llc_bytes()) && n > 8 * simd::width<T>;
