@@ -1081,6 +1081,7 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
             int nb = 0;
             const T* g0 = nullptr;
             auto flush = [&] {  // through the cache: streaming rows took pipelined_parameter_rows
+                if (nb == 0) return;  // (a thread of the team with no rows: g0 is still nullptr)
                 const T* b0 = bt ? bt + (g0 - g) : nullptr;
                 moments m[NB];
                 if (nb == NB && !Rms)
