@@ -1142,7 +1142,7 @@ void fused(const plan& p, const T* x, T* y, coefficients<T>& k, const T* g, cons
 /// shares of 10.5 and 15.7 MiB (2x320x64x64, 3x320x64x64), 0.65-0.78 (GroupNorm at 3x: 1.01).
 /// After a 96 MiB sweep before each call, 0.89-1.24 (one thread). Past half, at one thread
 /// (21-32 MiB), stores through the cache measured 0.88-1.35x: those stream as before.
-inline bool stream_output(double bytes, int threads, double fraction = 0.25) {
+inline bool stream_output(double bytes, int threads, double fraction) {
     return bytes / double(std::max(threads, 1)) > fraction * llc_bytes();
 }
 
@@ -1204,12 +1204,14 @@ inline std::atomic<double>& parallel_bytes() {
     return bytes;
 }
 
+/// The threads a call may take when `requested` (threads(n); 0: OpenMP's default) are asked for
+inline int allowed_threads(int requested) { return requested > 0 ? requested : max_threads(); }
+
 /// The threads a call of `elements` values of `element_bytes` each takes, `streams` of them read
 /// or written (2 forward, 3 backward), when `requested` (0: OpenMP's default) are allowed.
 inline int threads_for(index_t elements, std::size_t element_bytes, int streams, int requested) {
-    const int nt = requested > 0 ? requested : max_threads();
     const double traffic = double(elements) * double(element_bytes) * streams;
-    return traffic < parallel_bytes().load(std::memory_order_relaxed) ? 1 : nt;
+    return traffic < parallel_bytes().load(std::memory_order_relaxed) ? 1 : allowed_threads(requested);
 }
 
 /// How one call runs: what forward() does and `normspec plan` prints, decided in one place.
@@ -1232,9 +1234,8 @@ template <class T>
 decision decide(const plan& p, index_t total, int requested_threads, int schedule, bool use_running, bool in_place) {
     decision d;
     d.use_running = use_running;
-    const int allowed = requested_threads > 0 ? requested_threads : max_threads();
-    d.threads = threads_for(total, sizeof(T), 2, allowed);
-    d.small_call = allowed > 1 && d.threads == 1;
+    d.threads = threads_for(total, sizeof(T), 2, requested_threads);
+    d.small_call = d.threads == 1 && allowed_threads(requested_threads) > 1;
     // Short runs back to back (BatchNorm NCHW's 7x7 planes) take two sweeps in memory order
     // instead: the statistics (runs_statistics), then one flat run per row. Time against blocks
     // of channels, same run: out of cache, 50x2048x7x7 at 0.73 (one thread) and 0.89 (two); in

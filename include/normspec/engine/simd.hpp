@@ -84,7 +84,6 @@ inline constexpr index_t width = index_t(vec<T>::size);
 /// in the loop on AVX2, none with one vector ahead).
 inline constexpr int registers = sizeof(vec<float>) >= 64 ? 32 : 16;
 
-/// The vector 0, 1, 2, ... (each lane's number)
 /// f.template operator()<B>() with B = nb, for 1 <= nb <= NB: a kernel for its count (of rows in
 /// a block, of vectors in a row).
 template <int NB, class F>
@@ -97,6 +96,7 @@ inline void with_count(int nb, F&& f) {
 /// values (sums, coefficients: three or four arrays of them) in registers for the whole sweep.
 inline constexpr int row_vectors = registers / 8;
 
+/// The vector 0, 1, 2, ... (each lane's number)
 template <class T>
 inline vec<T> lane_numbers() {
     alignas(64) static constexpr T iota[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
