@@ -1172,14 +1172,14 @@ inline bool flat_runs_apply(const plan& p, bool fused) {
 }  // namespace detail
 
 /// Below this much memory traffic (the bytes a call reads and writes: x and y forward, x, dy and
-/// dx backward) a call runs on one thread. A team costs about 5 us on a 2-core Zen 5 guest (an
-/// empty parallel region of two threads 2.9 us; a cache line there and back between its cores
-/// 0.5-0.65 us), the time one thread takes over about 1 MiB of such traffic in cache: one and
-/// two threads measured alike at 0.8-1.1 MiB for LayerNorm, BatchNorm and GroupNorm NCHW and
-/// InstanceNorm forward (110-140 thousand floats), and 0.75-0.9 MiB backward (64-75 thousand);
-/// at half of it two threads took 1.35-2.0x the time of one, at twice 0.64-0.77x. Was 32768
-/// elements (PyTorch's grain size), where two threads took 2.2x one thread's time for
-/// LayerNorm 8x4096.
+/// dx backward) a call runs on one thread. On a 2-core Zen 5 guest, calls at one thread count
+/// over and over (the same binary forced to one and to two threads): one and two threads
+/// measured alike at 0.8-1.1 MiB for LayerNorm, BatchNorm and GroupNorm NCHW and InstanceNorm
+/// forward (110-140 thousand floats), and 0.75-0.9 MiB backward (64-75 thousand); at half of it
+/// two threads took 1.35-2.0x the time of one, at twice 0.64-0.77x. (One- and two-thread calls
+/// alternating in one process cross lower: forward 1.17x at 256 KiB, 0.84-0.86 at 512 KiB; see
+/// reference.md, 'The parallel bound'.) Was 32768 elements (PyTorch's grain size), where two
+/// threads took 2.1-2.2x one thread's time for LayerNorm 8x4096 in one benchmark run.
 inline constexpr double default_parallel_bytes = 1024.0 * 1024;
 
 namespace detail {
