@@ -7,6 +7,7 @@
 #include <xtensor/xfixed.hpp>
 #include <xtensor/xmanipulation.hpp>
 
+#include <atomic>
 #include <cstdlib>
 #include <new>
 
@@ -793,14 +794,18 @@ TEST_CASE("out of cache, channels-last kept indices form a pipeline a block of r
 
 // ---- a call's allocations -------------------------------------------------------------------
 // operator new, replaced for this test executable, counts while `counting` is set (on this thread)
+// on this thread; and blocks of 4 KiB or more on any thread while `counting_blocks` is set
 namespace {
 thread_local bool counting = false;
 thread_local long allocations = 0;
+std::atomic<bool> counting_blocks{false};
+std::atomic<long> blocks{0};
 }  // namespace
 // (out of line: inlined into the standard library's allocators, g++ 12 takes the malloc/free
 // pair for a mismatch with the new expressions there and warns)
 [[gnu::noinline]] void* operator new(std::size_t n) {
     if (counting) ++allocations;
+    if (n >= 4096 && counting_blocks.load(std::memory_order_relaxed)) blocks.fetch_add(1, std::memory_order_relaxed);
     if (void* p = std::malloc(n ? n : 1)) return p;
     throw std::bad_alloc();
 }
@@ -849,6 +854,42 @@ TEST_CASE("a small call's allocations: the forward's results and coefficients, t
         } else {
             CHECK(th::rel_err(first.dgamma, dg1) < 1e-6);
             CHECK(th::rel_err(first.dbeta, db1) < 1e-6);
+        }
+    }
+}
+
+TEST_CASE("work space is kept from call to call: no block of 4 KiB or more after the first call, on any thread") {
+    // wide per-channel work arrays (2048 channels: sums, merged partial sums, coefficients of
+    // 8-48 KiB each) fresh from the heap on every call made glibc's heap grow and shrink several
+    // times per call (BatchNorm NHWC backward at two threads: 1.5x the time); each thread keeps its
+    // blocks for the next call. Counted: every thread of the team (the suite's parallel bound is 0).
+    auto count = [](auto&& f) {
+        f();  // the first call takes the blocks
+        blocks = 0;
+        counting_blocks = true;
+        f();
+        f();
+        counting_blocks = false;
+        return blocks.load() / 2;
+    };
+    const std::size_t c = 2048;
+    xt::xtensor<float, 1> g = th::randn({c}, 1.0, 0.5), b = th::randn({c}), dg = xt::zeros<float>({c}), db = dg;
+    for (int nt : {1, 2}) {
+        CAPTURE(nt);
+        {  // channels-last: per-channel columns (the reduction split over the team)
+            xt::xtensor<float, 4> x = th::randn({3, 2, 3, c}, 0.5, 2.0), dy = th::randn({3, 2, 3, c}), y = x, dx = x;
+            auto r = forward(batch_norm{}, named<N, H, W, C>(x), gamma(g), beta(b), out(y), threads(nt));
+            // what the call returns: the saved mean and rstd
+            CHECK(count([&] { r = forward(batch_norm{}, named<N, H, W, C>(x), gamma(g), beta(b), out(y), threads(nt)); }) == 2);
+            CHECK(count([&] { backward(batch_norm{}, named<N, H, W, C>(x), dy, r, gamma(g), out(dx), out_dgamma(dg), out_dbeta(db), threads(nt)); }) ==
+                  0);
+        }
+        {  // channels-first with 7x7 planes: statistics in memory order, flat runs
+            xt::xtensor<float, 4> x = th::randn({3, c, 7, 7}, 0.5, 2.0), dy = th::randn({3, c, 7, 7}), y = x, dx = x;
+            auto r = forward(batch_norm{}, named<N, C, H, W>(x), gamma(g), beta(b), out(y), threads(nt));
+            CHECK(count([&] { r = forward(batch_norm{}, named<N, C, H, W>(x), gamma(g), beta(b), out(y), threads(nt)); }) == 2);
+            CHECK(count([&] { backward(batch_norm{}, named<N, C, H, W>(x), dy, r, gamma(g), out(dx), out_dgamma(dg), out_dbeta(db), threads(nt)); }) ==
+                  0);
         }
     }
 }

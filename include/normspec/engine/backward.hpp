@@ -89,9 +89,9 @@ struct backward_context {
 template <class T>
 struct column_lanes {
     simd::lanes<T> mhi, mlo, rs, c1, c2;
-    std::vector<double> mean;
+    simd::lanes<double> mean;
     index_t group = 1;
-    std::vector<double> grouped;
+    simd::lanes<double> grouped;
     /// v with each lane replaced by the sum over its group's lanes (v itself when group == 1)
     const double* group_sums(const double* v) {
         if (group == 1) return v;
@@ -124,7 +124,7 @@ struct column_lanes {
     /// sum(gy * xhat) = sum(gy * xhat') - delta * rstd * sum(gy), and likewise for dy.
     void finish(const backward_context<T>& cx, const offsets& kk, const double* t1, double* t2, const double* tg_in,
                 const double* tb, const double* residue, double* dg, double* db) {
-        std::vector<double> tg(tg_in, tg_in + mean.size());
+        simd::lanes<double> tg(tg_in, tg_in + mean.size());
         if (residue) {
             const double* r = group_sums(residue);
             for (std::size_t j = 0; j < mean.size(); ++j) {
@@ -135,7 +135,7 @@ struct column_lanes {
                 mhi[j] = p.hi, mlo[j] = p.lo;
             }
         }
-        std::vector<double> g1;  // the statistic's sums, from its group's lanes
+        simd::lanes<double> g1;  // the statistic's sums, from its group's lanes
         const double* s1 = t1;
         const double* s2 = t2;
         if (group > 1) {
@@ -238,7 +238,7 @@ void column_sums(const backward_context<T>& cx, const offsets& kk, const column_
     const index_t sp = cx.inner.sparam;
     const T* X = cx.a.x.data + kk.x;
     const T* DY = cx.a.dy.data + kk.dy;
-    std::vector<double> sd(std::size_t(n), 0.0), sq(sd), sr(sd);
+    simd::lanes<double> sd(std::size_t(n), 0.0), sq(sd), sr(sd);
     const T* mh = ln.mhi.data();  // with the saved mean, which T holds exactly, mlo is 0
     std::vector<offsets> blocks;
     const index_t np = (n + simd::width<T> - 1) / simd::width<T> * simd::width<T>;
@@ -364,7 +364,7 @@ template <class T>
 dx_coefficients<T> flat_dx_coefficients(const backward_context<T>& cx, const offsets& kk, const column_lanes<T>& ln) {
     const index_t n = cx.inner.extent;
     const T* g = cx.a.gamma ? cx.a.gamma + kk.param : nullptr;
-    std::vector<T> ones;
+    simd::lanes<T> ones;
     if (!g || cx.inner.sparam == 0) ones.assign(std::size_t(n), g ? g[0] : T(1));
     return dx_coefficients<T>(ln.mhi.data(), ln.mlo.data(), ln.rs.data(), ln.c1.data(), ln.c2.data(), ones.empty() ? g : ones.data(), n)
         .wrapped(n);
@@ -621,7 +621,7 @@ void backward_group_blocks(const spec_desc& spec, const plan& p, const backward_
         const auto [wb, we] = split(nk * bl.count, t, team_size());
         const std::size_t size = std::size_t(in_order ? bl.per : bl.per * cg);  // per channel, or per position
         dx_coefficients<T> coef(size);
-        std::vector<run_sums> sums(std::size_t(bl.per), run_sums{});
+        simd::lanes<run_sums> sums(std::size_t(bl.per), run_sums{});
         for_group_blocks(outer.K, bl, gd.extent, wb, we, [&](const offsets& kk, index_t g0, index_t g1) {
             // the block's sums row by row, each row's span in memory order (channel by channel
             // across the rows, the runs are too short for the prefetchers to follow)
@@ -772,7 +772,7 @@ void run_dx_chunk(const T* x, const T* dy, T* dx, index_t len, const row_coeffic
 /// coefficients (and for planes dgamma and dbeta); done() follows each kept index's dx.
 template <class T, class Saved, class Finish, class Done>
 void pipelined_runs_dx(const loop_dims& K, index_t kb, index_t ke, const loop_dims& R, index_t nr, index_t n, const T* X, const T* DY,
-                       T* DX, const T* gamma, bool along, T* pg, T* pb, std::vector<run_sums>& runs, Saved&& saved,
+                       T* DX, const T* gamma, bool along, T* pg, T* pb, simd::lanes<run_sums>& runs, Saved&& saved,
                        Finish&& finish, Done&& done) {
     offsets prev{};
     row_coefficients<T> pc;
@@ -898,9 +898,9 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
     const bool pipeline_columns = vector_columns && stream && detail::flat_column_rows(cx);
     const bool split_pipeline = pipeline_columns && nk > wanted && nk < 2 * wanted;
     if (vector_columns && (nk < wanted || split_pipeline)) {
-        std::vector<double> parts(std::size_t(wanted) * std::size_t(n) * 5), merged(std::size_t(n) * 5);
+        simd::lanes<double> parts(std::size_t(wanted) * std::size_t(n) * 5), merged(std::size_t(n) * 5);
         detail::column_lanes<T> ln;
-        std::vector<double> dg_all(pc, 0.0), db_all(pc, 0.0);
+        simd::lanes<double> dg_all(pc, 0.0), db_all(pc, 0.0);
         auto part = [&](int t, int which) { return &parts[(std::size_t(t) * 5 + std::size_t(which)) * std::size_t(n)]; };
         auto merge = [&](int count) {
             std::fill(merged.begin(), merged.end(), 0.0);
@@ -951,7 +951,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         // the strided fallback's work space (none for the vector kernels: a small call's
         // allocations are a good part of its cost)
         const std::size_t fallback = vector_rows || vector_columns ? 0 : std::size_t(lanes);
-        std::vector<double> sum_gy(fallback), sum_gy_xhat(fallback), mean(fallback);
+        simd::lanes<double> sum_gy(fallback), sum_gy_xhat(fallback), mean(fallback);
         // ---- vector kernels for contiguous runs (x, dy, dx all step 1 along the innermost loop) ----
         using V = simd::vec<T>;
         constexpr index_t L = simd::width<T>;
@@ -968,7 +968,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             pending = 0;
         };
         // rows: one statistic per kept index, a run per reduced index
-        std::vector<detail::run_sums> runs;
+        simd::lanes<detail::run_sums> runs;
         // kept index kk's saved mean (rounded to T) and rstd
         auto saved = [&](const offsets& kk) {
             detail::row_coefficients<T> rc;
@@ -979,7 +979,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
         // each run's sums about the saved mean (sum dy, sum dy * (x - saved), sum (x - saved)), the
         // dx coefficients about the exact mean, and dgamma and dbeta per run, which the mean's
         // shift delta corrects (sum dy * xhat = rstd * (q - delta * sum dy))
-        auto plane_coefficients = [&](detail::row_coefficients<T>& rc, const std::vector<detail::run_sums>& sums) {
+        auto plane_coefficients = [&](detail::row_coefficients<T>& rc, const simd::lanes<detail::run_sums>& sums) {
             const double rstd = double(rc.rs);
             double s1 = 0, s2 = 0, s3 = 0;
             for (const auto& run : sums) {
@@ -1070,7 +1070,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
                     simd::for_each_store<false>(dx, n, dx_of);
             });
         };
-        std::vector<double> t1, t2, tg, tb, residue;
+        simd::lanes<double> t1, t2, tg, tb, residue;
         detail::column_lanes<T> lanes_state;
         // Out of cache, with rows back to back and two kept indices or more per thread (InstanceNorm
         // and GroupNorm on NHWC), the kept indices form a pipeline a block of rows at a time, as the
@@ -1135,7 +1135,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             T* pb = along && !dbT.empty() ? dbT.data() : nullptr;
             detail::pipelined_runs_dx(
                 K, kb, ke, R, nr, n, X, DY, DX, a.gamma, along, pg, pb, runs,
-                saved, [&](detail::row_coefficients<T>& rc, const std::vector<detail::run_sums>& sums) {
+                saved, [&](detail::row_coefficients<T>& rc, const simd::lanes<detail::run_sums>& sums) {
                     if (along) {  // one run, its sums of gy
                         const detail::run_sums& u = sums[0];
                         rc.finish(u.d, u.q * double(rc.rs), u.r, exact_mean, spec.rms, a.constant_stats, inv_n);
@@ -1171,7 +1171,7 @@ void backward(const spec_desc& spec, const binding& b, const backward_args<T>& a
             // otherwise lose 1e-4 of dgamma)
             for (index_t j = 0; j < lanes; ++j) mean[j] = a.mean ? double(a.mean[kk.stat + j * ss]) : 0.0;
             if (exact_mean) {
-                std::vector<double> residue(lanes, 0.0);
+                simd::lanes<double> residue(lanes, 0.0);
                 for_range(R, 0, nr, [&](const offsets& r) {
                     const T* x = X + kk.x + r.x;
                     for (index_t i = 0; i < n; ++i) residue[inner.reduced ? 0 : i] += double(x[i * inner.sx]) - mean[inner.reduced ? 0 : i];

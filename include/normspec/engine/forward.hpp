@@ -267,8 +267,8 @@ inline bool flat_runs(const loop_dims& outer, const loop_dim& inner) {
 /// variance would lose precision) takes its runs again, statistic by statistic, about their own
 /// chunks' means.
 template <bool Rms, class T>
-std::vector<moments> runs_statistics(const plan& p, const T* x, index_t stat_count, int nt) {
-    std::vector<moments> out(static_cast<std::size_t>(stat_count));
+simd::lanes<moments> runs_statistics(const plan& p, const T* x, index_t stat_count, int nt) {
+    simd::lanes<moments> out(static_cast<std::size_t>(stat_count));
     const loop_dim inner = p.stats.back(), kd = p.stats[p.stats.size() - 2];
     const loop_dims rows(p.stats.begin(), p.stats.end() - 2);  // reduced: no statistic offset
     const index_t nrows = count_of(rows), len = inner.extent;
@@ -278,7 +278,7 @@ std::vector<moments> runs_statistics(const plan& p, const T* x, index_t stat_cou
         if (kb == ke) return;
         const std::size_t nk = std::size_t(ke - kb);
         simd::lanes<T> centre(nk, T(0));
-        std::vector<double> lin(nk, 0.0), sq(nk, 0.0);
+        simd::lanes<double> lin(nk, 0.0), sq(nk, 0.0);
         bool first = true;
         for_range(rows, 0, nrows, [&](const offsets& o) {
             const T* run = x + o.x + kb * kd.sx;
@@ -329,9 +329,9 @@ inline bool runs_in_memory_order(const plan& p) {
 /// stats_in_order (runs_statistics); streaming: the normalize sweep's stores stream (for
 /// column_moments).
 template <bool Rms, class T>
-std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, int nt, bool in_order, bool streaming) {
+simd::lanes<moments> statistics(const plan& p, const T* x, index_t stat_count, int nt, bool in_order, bool streaming) {
     if (in_order) return runs_statistics<Rms>(p, x, stat_count, nt);
-    std::vector<moments> out(static_cast<std::size_t>(stat_count));
+    simd::lanes<moments> out(static_cast<std::size_t>(stat_count));
     const loop_dim inner = p.stats.back();
     const outer_loops outer = outer_of(p.stats, 1);
     const loop_dims& K = outer.K;
@@ -344,7 +344,7 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
     auto partial = [&](const offsets& k, index_t r0, index_t r1, index_t i0, index_t i1, moments* acc) {
         std::vector<const T*> rows;
         if (inner.reduced) return runs_moments<Rms>(R, r0, r1, x + k.x + i0 * inner.sx, i1 - i0, inner.sx, acc[0], rows);
-        std::vector<double> mean(n), m2(n);
+        simd::lanes<double> mean(n), m2(n);
         const double count = column_moments<Rms>(R, r0, r1, x + k.x, n, inner.sx, mean.data(), m2.data(), rows, streaming);
         for (index_t j = 0; j < n; ++j) acc[j].template merge<Rms>(count, mean[j], m2[j]);
     };
@@ -353,7 +353,7 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
         team(nt, [&] {
             const auto [b, e] = split(nk, thread_id(), team_size());
             for_range(K, b, e, [&](const offsets& k) {
-                std::vector<moments> acc(per_k);
+                simd::lanes<moments> acc(per_k);
                 partial(k, 0, nr, 0, n, acc.data());
                 for (index_t j = 0; j < per_k; ++j) out[k.stat + j * inner.sstat] = acc[j];
             });
@@ -362,7 +362,7 @@ std::vector<moments> statistics(const plan& p, const T* x, index_t stat_count, i
     }
     // Fewer kept indices than threads: split the reduction, then merge the partial moments.
     const bool split_rows = nr >= nt || !inner.reduced;
-    std::vector<moments> parts(static_cast<std::size_t>(nt * nk * per_k));
+    simd::lanes<moments> parts(static_cast<std::size_t>(nt * nk * per_k));
     team(nt, [&] {
         const int t = thread_id(), team = team_size();  // parts of absent threads stay empty
         index_t ki = 0;
@@ -660,7 +660,7 @@ template <bool Rms, class T, class Coefficients>
 void columns_per_kept(const loop_dims& K, index_t kb, index_t ke, const loop_dims& R, const loop_dim& inner, const T* x, T* y,
                       const T* g, const T* bt, bool stream, bool pipelined, Coefficients&& coefficients) {
     const index_t nr = count_of(R), n = inner.extent;
-    std::vector<double> mean(n), m2(n);
+    simd::lanes<double> mean(n), m2(n);
     std::vector<const T*> rows;
     if (!pipelined) {
         for_range(K, kb, ke, [&](const offsets& kk) {
@@ -855,8 +855,8 @@ template <bool Rms, class T, class Coefficients>
 void split_columns(const loop_dims& K, const loop_dims& R, const loop_dim& inner, const T* x, T* y, int nt, bool stream,
                    bool pipelined, Coefficients&& coefficients) {
     const index_t nk = count_of(K), nr = count_of(R), n = inner.extent;
-    std::vector<double> mean(static_cast<std::size_t>(nt * n)), m2(mean.size()), count(static_cast<std::size_t>(nt));
-    std::vector<double> cmean(static_cast<std::size_t>(n)), cm2(cmean.size());
+    simd::lanes<double> mean(static_cast<std::size_t>(nt * n)), m2(mean.size()), count(static_cast<std::size_t>(nt));
+    simd::lanes<double> cmean(static_cast<std::size_t>(n)), cm2(cmean.size());
     column_pipeline<T> pipe;  // pipelined: each thread's rows of the previous kept index go with its rows of this one
     for_range(K, 0, nk, [&](const offsets& kk) {
         std::fill(count.begin(), count.end(), 0.0);  // parts of absent threads stay empty
@@ -1367,7 +1367,7 @@ void forward(const spec_desc& spec, const binding& b, const forward_args<T>& a) 
              std::to_string(b.reduction_count));
 
     const bool has_params = a.gamma != nullptr || a.beta != nullptr;
-    std::vector<T> ones;
+    simd::lanes<T> ones;
     const T* g = a.gamma;
     const T* bt = a.beta;
     if (has_params && !g) ones.assign(b.param_count, T(1)), g = ones.data();
@@ -1416,7 +1416,7 @@ void forward(const spec_desc& spec, const binding& b, const forward_args<T>& a) 
     }
 
     // two sweeps: every statistic first, then every element
-    std::vector<index_t> param_of(p.fold ? n : 0);
+    simd::lanes<index_t> param_of(p.fold ? n : 0);
     if (p.fold) for_range(p.kept, 0, count_of(p.kept), [&](const offsets& o) { param_of[o.stat] = o.param; });
     if (use_running) {
         for (index_t s = 0; s < b.stat_count; ++s)

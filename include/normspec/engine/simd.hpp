@@ -38,27 +38,94 @@ namespace normspec::engine::simd {
 template <class T>
 using vec = xsimd::batch<T>;
 
-/// An allocator of blocks on 64-byte boundaries from plain malloc: 64 bytes more, the block's
-/// own address stored just before the aligned one. (posix_memalign, behind xsimd's aligned
-/// allocator, splits a larger chunk and frees what lies around the block: with glibc's default
-/// settings the heap then grew and shrank on every call, 3 brk calls per BatchNorm NHWC forward,
-/// 1.04-1.09x the time of unaligned arrays at 50x2048x7x7 on two threads.)
+namespace detail {
+/// Blocks of work space a thread keeps when the engine frees them, for its next call: a call's
+/// per-lane arrays (sums, partial sums of each thread, coefficients) are alike from call to call,
+/// and with wide rows (2048 channels: 8-160 KiB each, some 40 of them per BatchNorm NHWC backward
+/// at two threads) glibc's default settings grew and shrank the heap several times per call
+/// (8 brk calls per BatchNorm NHWC backward at 50x2048x7x7 on two threads, 10 per BatchNorm NCHW
+/// forward there): that backward took 1.5x the time of the same call with glibc's trim threshold
+/// and mmap threshold raised, the forward 1.04-1.10x. Blocks of 4 KiB or more are kept, the
+/// smallest that fits taken again; at most `most` blocks and `most_bytes` per thread (what does
+/// not fit goes back to the heap), all of them freed when the thread ends.
+struct kept_blocks {
+    static constexpr std::size_t least = 4096, most_bytes = std::size_t(64) << 20;
+    static constexpr int most = 64;
+    struct block {
+        void* raw;
+        std::size_t bytes;
+    };
+    block held[most];
+    int count;
+    std::size_t bytes;
+    bool closed;  // the thread is ending: free what comes back
+    /// The smallest kept block of at least `want` bytes, taken out ({nullptr, 0}: none)
+    block take(std::size_t want) {
+        int best = -1;
+        for (int i = 0; i < count; ++i)
+            if (held[i].bytes >= want && (best < 0 || held[i].bytes < held[best].bytes)) best = i;
+        if (best < 0) return block{nullptr, 0};
+        const block b = held[best];
+        bytes -= b.bytes;
+        held[best] = held[--count];
+        return b;
+    }
+    /// Keep a block, or say no (false: the caller frees it)
+    bool keep(void* raw, std::size_t size) {
+        if (closed || size < least || count == most || bytes + size > most_bytes) return false;
+        held[count++] = block{raw, size};
+        bytes += size;
+        return true;
+    }
+    void release() {
+        for (int i = 0; i < count; ++i) ::operator delete(held[i].raw);
+        count = 0, bytes = 0, closed = true;
+    }
+};
+// trivially destructible, so a per-lane array that a thread_local outlives can still ask it
+inline thread_local constinit kept_blocks thread_blocks{};
+/// Frees the thread's kept blocks when the thread ends (registered at the first block kept)
+struct kept_blocks_release {
+    ~kept_blocks_release() { thread_blocks.release(); }
+};
+inline thread_local kept_blocks_release thread_blocks_release;
+}  // namespace detail
+
+/// An allocator of blocks on 64-byte boundaries, each block's address and size stored just before
+/// the aligned one; blocks of 4 KiB or more come from, and go back to, the thread's kept blocks
+/// (detail::kept_blocks). (posix_memalign, behind xsimd's aligned allocator, splits a larger
+/// chunk and frees what lies around the block: with glibc's default settings the heap then grew
+/// and shrank on every call, 3 brk calls per BatchNorm NHWC forward, 1.04-1.09x the time of
+/// unaligned arrays at 50x2048x7x7 on two threads.)
 template <class T>
 struct line_allocator {
     using value_type = T;
-    static constexpr std::size_t align = 64;
+    static constexpr std::size_t align = 64, header = 2 * sizeof(void*);
     line_allocator() = default;
     template <class U>
     line_allocator(const line_allocator<U>&) noexcept {}
     T* allocate(std::size_t n) {
-        if (n > (std::size_t(-1) - align - sizeof(void*)) / sizeof(T)) throw std::bad_array_new_length();
-        void* raw = std::malloc(n * sizeof(T) + align + sizeof(void*));
-        if (!raw) throw std::bad_alloc();
-        const auto at = (reinterpret_cast<std::uintptr_t>(raw) + sizeof(void*) + align - 1) & ~std::uintptr_t(align - 1);
-        reinterpret_cast<void**>(at)[-1] = raw;
+        if (n > (std::size_t(-1) - align - header) / sizeof(T)) throw std::bad_array_new_length();
+        detail::kept_blocks::block b{nullptr, n * sizeof(T) + align + header};
+        if (b.bytes >= detail::kept_blocks::least) {
+            const auto kept = detail::thread_blocks.take(b.bytes);
+            if (kept.raw) b = kept;
+        }
+        if (!b.raw) b.raw = ::operator new(b.bytes);
+        const auto at = (reinterpret_cast<std::uintptr_t>(b.raw) + header + align - 1) & ~std::uintptr_t(align - 1);
+        reinterpret_cast<void**>(at)[-1] = b.raw;
+        reinterpret_cast<std::size_t*>(at)[-2] = b.bytes;
         return reinterpret_cast<T*>(at);
     }
-    void deallocate(T* p, std::size_t) noexcept { std::free(reinterpret_cast<void**>(p)[-1]); }
+    void deallocate(T* p, std::size_t) noexcept {
+        void* raw = reinterpret_cast<void**>(p)[-1];
+        const std::size_t size = reinterpret_cast<std::size_t*>(p)[-2];
+        if (size >= detail::kept_blocks::least) {
+            (void)&detail::thread_blocks_release;  // (registers its destructor for this thread)
+            if (detail::thread_blocks.keep(raw, size)) return;
+        }
+        ::operator delete(raw);
+    }
     template <class U>
     bool operator==(const line_allocator<U>&) const noexcept { return true; }
 };
