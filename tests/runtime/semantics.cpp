@@ -539,7 +539,7 @@ TEST_CASE("streaming stores: decided by each thread's share of x and y, or all o
             CAPTURE(f);
             for (const auto& [p, size] : {plan_for<batch_norm>({"N", "H", "W", "C"}, {rows(f, 64), 1, 1, 64}, true),
                                           plan_for<instance_norm>({"N", "H", "W", "C"}, {4, rows(f, 4 * 64), 1, 64}, true),
-                                          plan_for<group_norm<8>>({"N", "H", "W", "C"}, {4, rows(f, 4 * 320), 1, 320}, true)}) {
+                                          plan_for<group_norm<32>>({"N", "H", "W", "C"}, {4, rows(f, 4 * 320), 1, 320}, true)}) {
                 CAPTURE(p.pattern());
                 CHECK(engine::detail::lane_columns(p));
                 const auto one = engine::decide<float>(p, size, 1, 0, false, false);

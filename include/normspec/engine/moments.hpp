@@ -239,10 +239,19 @@ template <bool Rms, int NV, bool Tail, class T, class Merge>
         }
     }
     alignas(64) T bm[L], bq[L], br[L];
+    // Built for SSE2 at -O3, g++ 12 takes a lane read after the vector store for an
+    // uninitialized one (even with the arrays zeroed first), for double columns with a tail.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
     for (int v = 0; v < NV; ++v) {
         m[v].store_aligned(bm), q[v].store_aligned(bq), r[v].store_aligned(br);
         for (index_t l = 0; l < (Tail ? t : L); ++l) merge(j + v * L + l, double(bm[l]), double(bq[l]), double(br[l]));
     }
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic pop
+#endif
 }
 
 /// Column moments of a block of `rows` contiguous rows of n columns, row by row in memory order,
