@@ -793,8 +793,8 @@ TEST_CASE("out of cache, channels-last kept indices form a pipeline a block of r
 }
 
 // ---- a call's allocations -------------------------------------------------------------------
-// operator new, replaced for this test executable, counts while `counting` is set (on this thread)
-// on this thread; and blocks of 4 KiB or more on any thread while `counting_blocks` is set
+// operator new, replaced for this test executable, counts every allocation while `counting` is
+// set (on this thread), and blocks of 4 KiB or more on any thread while `counting_blocks` is set
 namespace {
 thread_local bool counting = false;
 thread_local long allocations = 0;
